@@ -1,0 +1,13 @@
+"""Evasion attacks and their registry."""
+
+from __future__ import annotations
+
+from medrobust.attacks.base import Attack, project
+from medrobust.attacks.gradient import FGSM, PGD
+from medrobust.registry import Registry
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+ATTACKS.add(FGSM.name, FGSM)
+ATTACKS.add(PGD.name, PGD)
+
+__all__ = ["ATTACKS", "FGSM", "PGD", "Attack", "project"]

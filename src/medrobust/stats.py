@@ -1,0 +1,80 @@
+"""Statistics over independent trials: descriptive summaries, confidence intervals, paired tests.
+
+Formulas come from scipy; this module only shapes their results for the study's tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, sample SD and t-based 95% confidence interval of values over trials."""
+
+    n: int
+    mean: float
+    sd: float
+    ci_low: float
+    ci_high: float
+
+    def format(self, digits: int = 3) -> str:
+        """``mean ± sd [low, high]``."""
+        if self.n == 0:
+            return "n/a"
+        return (
+            f"{self.mean:.{digits}f} ± {self.sd:.{digits}f} "
+            f"[{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
+        )
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
+    """Summary of ``values``, NaNs dropped. With one value, SD and CI are NaN."""
+    data = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    n = len(data)
+    if n == 0:
+        return Summary(0, math.nan, math.nan, math.nan, math.nan)
+    mean = float(data.mean())
+    if n == 1:
+        return Summary(1, mean, math.nan, math.nan, math.nan)
+    sd = float(data.std(ddof=1))
+    if sd == 0:
+        return Summary(n, mean, 0.0, mean, mean)
+    low, high = sps.t.interval(confidence, n - 1, loc=mean, scale=sd / math.sqrt(n))
+    return Summary(n, mean, sd, float(low), float(high))
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired t-test of ``a - b`` over trials."""
+
+    n: int
+    mean_difference: float
+    t: float
+    p: float
+
+    def format(self) -> str:
+        """``t = .., p = ..``."""
+        if math.isnan(self.p):
+            return "n/a"
+        return f"t = {self.t:.2f}, p = {self.p:.2g}"
+
+
+def paired_ttest(a: Sequence[float], b: Sequence[float]) -> PairedTest:
+    """Two-sided paired t-test (scipy ``ttest_rel``); NaN when n < 2 or all differences equal."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError("paired_ttest needs two sequences of the same length.")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    diff = x - y
+    mean_diff = float(diff.mean()) if len(diff) else math.nan
+    if len(diff) < 2 or np.all(diff == diff[0]):
+        return PairedTest(len(diff), mean_diff, math.nan, math.nan)
+    result = sps.ttest_rel(x, y)
+    return PairedTest(len(diff), mean_diff, float(result.statistic), float(result.pvalue))

@@ -1,0 +1,167 @@
+"""Study summaries read from the results store: tables in Markdown and CSV.
+
+The report only reads the store; it never trains or attacks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medrobust.stats import Summary, paired_ttest, summarize
+from medrobust.study.store import ResultStore
+
+CLEAN_METRICS = (
+    ("accuracy", "Accuracy"),
+    ("balanced_accuracy", "Balanced acc."),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("fnr", "FNR"),
+    ("fpr", "FPR"),
+    ("auc", "AUC"),
+)
+ATTACK_METRICS = (
+    ("clean_accuracy", "Clean acc."),
+    ("adv_accuracy", "Attacked acc."),
+    ("success_rate", "Success rate"),
+    ("adv_sensitivity", "Sensitivity (attacked)"),
+    ("adv_specificity", "Specificity (attacked)"),
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table of strings, with the numbers behind it for CSV."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    records: list[dict[str, Any]]
+
+    def markdown(self) -> str:
+        """GitHub-flavoured Markdown."""
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |"]
+        lines.append("|" + "---|" * len(self.header))
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        """CSV of the underlying numbers (one column per statistic)."""
+        if not self.records:
+            return ""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.records[0]))
+        writer.writeheader()
+        writer.writerows(self.records)
+        return buffer.getvalue()
+
+
+def _summary_fields(prefix: str, s: Summary) -> dict[str, Any]:
+    return {
+        f"{prefix}_mean": s.mean,
+        f"{prefix}_sd": s.sd,
+        f"{prefix}_ci_low": s.ci_low,
+        f"{prefix}_ci_high": s.ci_high,
+    }
+
+
+def clean_table(cells: list[dict[str, Any]]) -> Table:
+    """Clean test metrics per task x model over trials."""
+    groups: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+    for c in cells:
+        if c["attack"] is None:
+            groups[(c["task"], c["model"])].append(c["metrics"])
+    rows, records = [], []
+    for (task, model), runs in sorted(groups.items()):
+        row = [task, model, str(len(runs))]
+        record: dict[str, Any] = {"task": task, "model": model, "trials": len(runs)}
+        for key, _ in CLEAN_METRICS:
+            s = summarize([r[f"clean_{key}"] for r in runs])
+            row.append(s.format())
+            record.update(_summary_fields(key, s))
+        rows.append(tuple(row))
+        records.append(record)
+    header = ("Task", "Model", "Trials", *(label for _, label in CLEAN_METRICS))
+    return Table("Clean test performance (mean ± SD [95% CI] over trials)", header, rows, records)
+
+
+def attack_table(cells: list[dict[str, Any]]) -> Table:
+    """Attacked performance per task x model x attack x eps, with a paired t-test."""
+    groups: dict[tuple[str, str, str, str, float], list[dict[str, float]]] = defaultdict(list)
+    for c in cells:
+        if c["attack"] is not None:
+            groups[(c["task"], c["model"], c["attack"], c["norm"], c["eps"])].append(c["metrics"])
+    rows, records = [], []
+    for (task, model, attack, norm, eps), runs in sorted(groups.items()):
+        row = [task, model, f"{attack} ({norm})", f"{eps:g}", str(len(runs))]
+        record: dict[str, Any] = {
+            "task": task,
+            "model": model,
+            "attack": attack,
+            "norm": norm,
+            "eps": eps,
+            "trials": len(runs),
+        }
+        for key, _ in ATTACK_METRICS:
+            s = summarize([r[key] for r in runs])
+            row.append(s.format())
+            record.update(_summary_fields(key, s))
+        test = paired_ttest([r["clean_accuracy"] for r in runs], [r["adv_accuracy"] for r in runs])
+        row.append(test.format())
+        record.update({"paired_t": test.t, "paired_p": test.p})
+        rows.append(tuple(row))
+        records.append(record)
+    header = (
+        "Task",
+        "Model",
+        "Attack",
+        "eps",
+        "Trials",
+        *(label for _, label in ATTACK_METRICS),
+        "Paired t-test clean vs attacked acc.",
+    )
+    return Table("Accuracy under attack (mean ± SD [95% CI] over trials)", header, rows, records)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def build_tables(store_path: str | Path) -> list[Table]:
+    """The study's tables from a results store."""
+    with ResultStore(store_path) as store:
+        cells = store.cells()
+    return [clean_table(cells), attack_table(cells)]
+
+
+def write_report(store_path: str | Path, output: str | Path | None = None) -> list[Path]:
+    """Write ``report.md``, ``clean.csv`` and ``attacks.csv`` beside the store or in ``output``."""
+    out = Path(output) if output is not None else Path(store_path).parent
+    out.mkdir(parents=True, exist_ok=True)
+    with ResultStore(store_path) as store:
+        cells, study = store.cells(), store.study() or {}
+    tables = [clean_table(cells), attack_table(cells)]
+    train_s = sum({c["cell_id"]: c["train_seconds"] for c in cells if c["attack"] is None}.values())
+    lines = [
+        f"# medrobust study report: {study.get('name', 'study')}",
+        "",
+        f"{len(cells)} cells, {study.get('trials', '?')} trials per configuration, seed "
+        f"{study.get('seed', '?')}. Training time over all models: {train_s:.0f} s.",
+        "Success rate = fraction of originally correct test examples that the attack made wrong.",
+        "Sensitivity, specificity, FNR and FPR are for each task's declared positive class.",
+        "",
+    ]
+    markdown = "\n".join(lines) + "\n".join(t.markdown() + "\n" for t in tables)
+    paths = [out / "report.md", out / "clean.csv", out / "attacks.csv"]
+    for path, text in zip(paths, [markdown, tables[0].csv(), tables[1].csv()], strict=True):
+        _write_atomic(path, text)
+    return paths

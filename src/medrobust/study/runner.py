@@ -1,0 +1,222 @@
+"""Running a study: train each (task, model, trial) once, evaluate its cells, store each cell.
+
+``run_group`` is a pure function of plain data (cell dicts and a folder), so a distributed
+executor can ship it to another process or machine; the local executor calls it in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medrobust.attacks import ATTACKS
+from medrobust.data import ensure_files, load_task
+from medrobust.data.task import Task
+from medrobust.metrics import (
+    clinical_metrics,
+    perturbation_norms,
+    predictions,
+    probabilities,
+    success_rate,
+)
+from medrobust.models import build_model, prepare_inputs
+from medrobust.study.plan import Cell, derive_seed, plan_cells
+from medrobust.study.spec import StudySpec
+from medrobust.study.store import CellResult, ExampleRow, ResultStore
+from medrobust.training import FitConfig, fit, load_checkpoint, predict_logits
+
+logger = logging.getLogger(__name__)
+
+ATTACK_BATCH = 256
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(handle, "w") as f:
+        json.dump(payload, f)
+    os.replace(tmp, path)
+
+
+def train_or_load(cell: Cell, task: Task, checkpoints: Path) -> tuple[nn.Module, Any, float]:
+    """The trained model of ``cell`` (from its checkpoint if an earlier run saved one).
+
+    Returns the model, its input tensors and the training time in seconds.
+    """
+    inputs = prepare_inputs(task, cell.model_params)
+    torch.manual_seed(cell.init_seed)
+    model = build_model(cell.model, task, inputs, cell.model_params).to(cell.device)
+    checkpoint = checkpoints / f"{cell.training_key}.pt"
+    sidecar = checkpoint.with_suffix(".json")
+    if checkpoint.exists() and sidecar.exists():
+        load_checkpoint(model, checkpoint)
+        model.to(cell.device).eval()
+        return model, inputs, float(json.loads(sidecar.read_text())["train_seconds"])
+    result = fit(
+        model,
+        inputs.x["train"],
+        inputs.y["train"],
+        inputs.x["val"],
+        inputs.y["val"],
+        config=FitConfig(**cell.training),
+        seed=cell.init_seed,
+        checkpoint=checkpoint,
+    )
+    _write_json_atomic(
+        sidecar,
+        {
+            "train_seconds": result.train_seconds,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+        },
+    )
+    return model, inputs, result.train_seconds
+
+
+def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{k}": v for k, v in values.items()}
+
+
+def evaluate_cell(
+    cell: Cell, task: Task, model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor
+) -> tuple[dict[str, float], list[ExampleRow]]:
+    """Metrics and example rows of one cell on the test split."""
+    labels = y_test.numpy()
+    if cell.attack is None:
+        logits = predict_logits(model, x_test)
+        pred = predictions(logits).numpy()
+        clean = clinical_metrics(
+            labels,
+            pred,
+            positive_class=task.positive_class,
+            num_classes=task.num_classes,
+            scores=probabilities(logits).numpy(),
+        )
+        rows = [ExampleRow(i, int(labels[i]), int(pred[i])) for i in range(len(labels))]
+        return _prefixed("clean", clean.as_dict()), rows
+
+    n = len(labels)
+    rng = np.random.default_rng(derive_seed(cell.split_seed, "subset", cell.trial))
+    subset = np.sort(rng.choice(n, size=min(n, cell.max_attack_examples), replace=False))
+    x, y = x_test[subset], y_test[subset]
+    attack = ATTACKS.get(cell.attack)(
+        norm=cell.norm or "linf",
+        eps=float(cell.eps or 0.0),
+        domain=task.domain,
+        seed=cell.attack_seed,
+        **cell.attack_params,
+    )
+    clean_pred = predictions(predict_logits(model, x)).numpy()
+    adversarial = torch.cat(
+        [
+            attack(model, x[i : i + ATTACK_BATCH], y[i : i + ATTACK_BATCH])
+            for i in range(0, len(x), ATTACK_BATCH)
+        ]
+    )
+    adv_logits = predict_logits(model, adversarial)
+    adv_pred = predictions(adv_logits).numpy()
+    norms = perturbation_norms(x, adversarial)
+    positive, classes = task.positive_class, task.num_classes
+    metrics = {
+        **_prefixed(
+            "clean",
+            clinical_metrics(
+                y.numpy(), clean_pred, positive_class=positive, num_classes=classes
+            ).as_dict(),
+        ),
+        **_prefixed(
+            "adv",
+            clinical_metrics(
+                y.numpy(),
+                adv_pred,
+                positive_class=positive,
+                num_classes=classes,
+                scores=probabilities(adv_logits).numpy(),
+            ).as_dict(),
+        ),
+        "success_rate": success_rate(y.numpy(), clean_pred, adv_pred),
+        "mean_linf": float(norms["linf"].mean()),
+        "mean_l2": float(norms["l2"].mean()),
+    }
+    rows = [
+        ExampleRow(
+            int(subset[i]),
+            int(y[i]),
+            int(clean_pred[i]),
+            int(adv_pred[i]),
+            float(norms["linf"][i]),
+            float(norms["l2"][i]),
+        )
+        for i in range(len(subset))
+    ]
+    return metrics, rows
+
+
+def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResult]:
+    """Train (or load) the model shared by ``cells`` and evaluate each; yields finished cells."""
+    parsed = [Cell(**c) for c in cells]
+    first = parsed[0]
+    task = load_task(first.task, seed=first.split_seed)
+    model, inputs, train_seconds = train_or_load(first, task, Path(output) / "checkpoints")
+    x_test, y_test = inputs.x["test"].to(first.device), inputs.y["test"]
+    for cell in parsed:
+        start = time.perf_counter()
+        metrics, rows = evaluate_cell(cell, task, model, x_test, y_test)
+        yield CellResult(
+            cell.cell_id, cell.to_dict(), metrics, rows, train_seconds, time.perf_counter() - start
+        )
+
+
+def group_cells(cells: Sequence[Cell]) -> list[list[Cell]]:
+    """Cells grouped by the trained model they share, in plan order."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.training_key, []).append(cell)
+    return list(groups.values())
+
+
+def run_study(
+    spec: StudySpec,
+    *,
+    output: str | Path | None = None,
+    on_cell: Callable[[CellResult, int, int], None] | None = None,
+) -> Path:
+    """Run the cells of ``spec`` missing from its store; returns the store's path.
+
+    Data files for every task are located (or downloaded) first, so a missing file fails before
+    any compute with one message that lists them all.
+
+    Args:
+        spec: the validated study.
+        output: folder for the store, checkpoints and reports (default: ``spec.output``).
+        on_cell: called after each stored cell with (result, cells done, cells total).
+    """
+    out = Path(output or spec.output)
+    ensure_files([t.name for t in spec.tasks])
+    cells = plan_cells(spec)
+    identity = {k: v for k, v in spec.to_dict().items() if k not in ("output", "device")}
+    store = ResultStore(out / "results.sqlite", identity)
+    try:
+        done = store.done_ids()
+        todo = [c for c in cells if c.cell_id not in done]
+        finished = len(cells) - len(todo)
+        if finished:
+            logger.info("resuming: %d of %d cells already in the store", finished, len(cells))
+        for group in group_cells(todo):
+            for result in run_group([c.to_dict() for c in group], str(out)):
+                store.write(result)
+                finished += 1
+                if on_cell is not None:
+                    on_cell(result, finished, len(cells))
+    finally:
+        store.close()
+    return out / "results.sqlite"

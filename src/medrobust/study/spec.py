@@ -1,0 +1,299 @@
+"""The study config: parsed from TOML or YAML into frozen dataclasses and validated before any
+compute, so that a typo fails in a second rather than after an hour of training.
+
+Example (TOML)::
+
+    [study]
+    name = "quick"
+    trials = 5            # independent trials: split (where the task re-splits), init, attack
+    seed = 0
+    max_attack_examples = 300
+
+    [[tasks]]
+    name = "breastmnist"
+    models = ["small_cnn"]
+    training = { epochs = 30, patience = 8 }
+
+    [[attacks]]
+    name = "pgd"
+    norm = "linf"
+    params = { steps = 10 }
+    eps = { image = [0.0078, 0.0314], tabular = [0.1] }   # by task name or by modality
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medrobust.attacks import ATTACKS
+from medrobust.data import get_task_spec
+from medrobust.errors import ConfigError, MedrobustError
+from medrobust.models import MODELS
+from medrobust.training import FitConfig
+from medrobust.types import TaskKind
+
+MAX_CELLS = 100_000
+
+
+def _check_keys(where: str, given: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ConfigError(f"Unknown key(s) {unknown} in {where}. Allowed keys: {sorted(allowed)}.")
+
+
+def _expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{where} must be {what}. Got {value!r} instead.")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model to train on a task: registry name, constructor params and training config."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    training: FitConfig = field(default_factory=FitConfig)
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One task and the models to train on it."""
+
+    name: str
+    models: tuple[ModelEntry, ...]
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    """One attack with its norm, params and the eps values per task name or modality."""
+
+    name: str
+    norm: str
+    params: Mapping[str, Any]
+    eps: Mapping[str, tuple[float, ...]]
+
+    def eps_for(self, task_name: str, modality: str) -> tuple[float, ...]:
+        """The eps values for a task: its own entry, else its modality's, else ``all``."""
+        for key in (task_name, modality, "all"):
+            if key in self.eps:
+                return self.eps[key]
+        return ()
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study configuration."""
+
+    name: str
+    trials: int
+    seed: int
+    max_attack_examples: int
+    device: str
+    tasks: tuple[TaskEntry, ...]
+    attacks: tuple[AttackEntry, ...]
+    output: str = "medrobust-results"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form (stored with the results)."""
+        return {
+            "name": self.name,
+            "trials": self.trials,
+            "seed": self.seed,
+            "max_attack_examples": self.max_attack_examples,
+            "device": self.device,
+            "output": self.output,
+            "tasks": [
+                {
+                    "name": t.name,
+                    "models": [
+                        {"name": m.name, "params": dict(m.params), "training": vars(m.training)}
+                        for m in t.models
+                    ],
+                }
+                for t in self.tasks
+            ],
+            "attacks": [
+                {
+                    "name": a.name,
+                    "norm": a.norm,
+                    "params": dict(a.params),
+                    "eps": {k: list(v) for k, v in a.eps.items()},
+                }
+                for a in self.attacks
+            ],
+        }
+
+
+def _parse_training(where: str, raw: Any, kind: TaskKind) -> FitConfig:
+    raw = dict(_expect(where, raw, dict, "a table of training settings"))
+    allowed = set(FitConfig.__dataclass_fields__)
+    _check_keys(where, raw, allowed)
+    raw.setdefault(
+        "objective",
+        "reconstruction" if kind is TaskKind.ANOMALY_DETECTION else "classification",
+    )
+    try:
+        return FitConfig(**raw)
+    except MedrobustError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _parse_model(where: str, raw: Any, task_training: Any, kind: TaskKind) -> ModelEntry:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    raw = _expect(where, raw, dict, "a model name or a table with 'name'")
+    _check_keys(where, raw, {"name", "params", "training"})
+    name = _expect(f"{where}.name", raw.get("name"), str, "a model name")
+    spec = MODELS.get(name)
+    if kind not in spec.kinds:
+        raise ConfigError(f"{where}: the model {name!r} does not serve {kind.value} tasks.")
+    params = dict(_expect(f"{where}.params", raw.get("params", {}), dict, "a table"))
+    training = {**dict(task_training or {}), **dict(raw.get("training", {}))}
+    return ModelEntry(name, params, _parse_training(f"{where}.training", training, kind))
+
+
+def _parse_task(where: str, raw: Any) -> TaskEntry:
+    raw = _expect(where, raw, dict, "a table with 'name' and 'models'")
+    _check_keys(where, raw, {"name", "models", "training"})
+    name = _expect(f"{where}.name", raw.get("name"), str, "a task name")
+    task_spec = get_task_spec(name)
+    models_raw = _expect(f"{where}.models", raw.get("models"), list, "a non-empty list")
+    if not models_raw:
+        raise ConfigError(f"{where}.models must list at least one model.")
+    models = tuple(
+        _parse_model(f"{where}.models[{i}]", m, raw.get("training"), task_spec.kind)
+        for i, m in enumerate(models_raw)
+    )
+    for entry in models:
+        if task_spec.modality not in MODELS.get(entry.name).modalities:
+            raise ConfigError(
+                f"{where}: the model {entry.name!r} does not accept "
+                f"{task_spec.modality.value} inputs of task {name!r}."
+            )
+    return TaskEntry(name, models)
+
+
+def _parse_eps(where: str, raw: Any) -> dict[str, tuple[float, ...]]:
+    if isinstance(raw, list | int | float):
+        raw = {"all": raw}
+    raw = _expect(where, raw, dict, "a list of numbers or a table of lists by task or modality")
+    out: dict[str, tuple[float, ...]] = {}
+    for key, values in raw.items():
+        values = values if isinstance(values, list) else [values]
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or v < 0:
+                raise ConfigError(f"{where}.{key} values must be numbers >= 0. Got {v!r}.")
+        out[key] = tuple(float(v) for v in values)
+    return out
+
+
+def _parse_attack(where: str, raw: Any) -> AttackEntry:
+    raw = _expect(where, raw, dict, "a table with 'name' and 'eps'")
+    _check_keys(where, raw, {"name", "norm", "params", "eps"})
+    name = _expect(f"{where}.name", raw.get("name"), str, "an attack name")
+    cls = ATTACKS.get(name)
+    norm = str(raw.get("norm", "linf"))
+    params = dict(_expect(f"{where}.params", raw.get("params", {}), dict, "a table"))
+    if "eps" not in raw:
+        raise ConfigError(f"{where} needs 'eps'.")
+    eps = _parse_eps(f"{where}.eps", raw["eps"])
+    try:  # build one instance so that bad parameters fail now, not after training
+        for values in eps.values():
+            for value in values:
+                cls(norm=norm, eps=value, **params)
+    except TypeError as exc:
+        raise ConfigError(f"{where}.params: {exc}") from exc
+    except MedrobustError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return AttackEntry(name, norm, params, eps)
+
+
+def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
+    """Validate a config mapping (as read from TOML/YAML) into a :class:`StudySpec`."""
+    raw = _expect("The config", raw, dict, "a table")
+    _check_keys("the config", raw, {"study", "tasks", "attacks"})
+    study = dict(_expect("[study]", raw.get("study", {}), dict, "a table"))
+    _check_keys(
+        "[study]",
+        study,
+        {"name", "trials", "seed", "max_attack_examples", "device", "output"},
+    )
+    trials = _expect("study.trials", study.get("trials", 5), int, "an integer >= 1")
+    seed = _expect("study.seed", study.get("seed", 0), int, "an integer >= 0")
+    max_examples = _expect(
+        "study.max_attack_examples", study.get("max_attack_examples", 500), int, "an integer >= 1"
+    )
+    if trials < 1 or seed < 0 or max_examples < 1:
+        raise ConfigError(
+            "study.trials and study.max_attack_examples must be >= 1 and study.seed >= 0. "
+            f"Got trials={trials}, max_attack_examples={max_examples}, seed={seed} instead."
+        )
+    device = _expect("study.device", study.get("device", "cpu"), str, "'cpu' or 'cuda[:N]'")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ConfigError(f"study.device must be 'cpu' or 'cuda[:N]'. Got {device!r} instead.")
+    tasks_raw = _expect("tasks", raw.get("tasks"), list, "a non-empty list of [[tasks]] tables")
+    if not tasks_raw:
+        raise ConfigError("The config must list at least one [[tasks]] entry.")
+    tasks = tuple(_parse_task(f"tasks[{i}]", t) for i, t in enumerate(tasks_raw))
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Each task may appear once in a study. Got {names}.")
+    attacks_raw = _expect("attacks", raw.get("attacks", []), list, "a list of [[attacks]] tables")
+    attacks = tuple(_parse_attack(f"attacks[{i}]", a) for i, a in enumerate(attacks_raw))
+    spec = StudySpec(
+        name=str(study.get("name", "study")),
+        trials=trials,
+        seed=seed,
+        max_attack_examples=max_examples,
+        device=device,
+        tasks=tasks,
+        attacks=attacks,
+        output=str(study.get("output", "medrobust-results")),
+    )
+    from medrobust.study.plan import plan_cells  # local: plan imports this module
+
+    count = len(plan_cells(spec))
+    if count > MAX_CELLS:
+        raise ConfigError(
+            f"The study has {count} cells, more than the limit of {MAX_CELLS}. "
+            "Reduce trials, eps values, models or tasks."
+        )
+    return spec
+
+
+def load_spec(path: str | Path | None = None) -> StudySpec:
+    """Read a study config from a .toml, .yaml or .yml file; ``None`` gives the default study."""
+    if path is None:
+        text = resources.files("medrobust.study").joinpath("default.toml").read_text("utf-8")
+        return parse_spec(tomllib.loads(text))
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"The study config {str(path)!r} does not exist.")
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text("utf-8")
+        if suffix == ".toml":
+            raw: Any = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            raw = yaml.safe_load(text)
+        else:
+            raise ConfigError(
+                f"A study config must end in .toml, .yaml or .yml. Got {path.name!r} instead."
+            )
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"The study config {path.name!r} cannot be parsed: {exc}") from exc
+    return parse_spec(raw)
+
+
+def attack_modalities_ok(attack: AttackEntry, modality: str) -> bool:
+    """Whether the attack applies to inputs of this modality."""
+    return modality in {m.value for m in ATTACKS.get(attack.name).modalities}
