@@ -39,7 +39,8 @@ class FitConfig:
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         patience: epochs without validation improvement before stopping (0 = never stop early).
-        class_weight: ``"balanced"`` weights classes by inverse frequency; ``None`` does not.
+        class_weight: ``"balanced"`` weights classes by inverse frequency, ``"sqrt"`` by its
+            square root (gentler where a class has a handful of examples); ``None`` does not.
         objective: ``"classification"`` or ``"reconstruction"``.
     """
 
@@ -66,9 +67,10 @@ class FitConfig:
             raise ParameterError(
                 f"The 'weight_decay' of fit must be >= 0. Got {self.weight_decay!r}."
             )
-        if self.class_weight not in (None, "balanced"):
+        if self.class_weight not in (None, "balanced", "sqrt"):
             raise ParameterError(
-                f"The 'class_weight' of fit must be None or 'balanced'. Got {self.class_weight!r}."
+                "The 'class_weight' of fit must be None, 'balanced' or 'sqrt'. "
+                f"Got {self.class_weight!r} instead."
             )
         if self.objective not in OBJECTIVES:
             raise ParameterError(
@@ -96,11 +98,14 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def _class_weights(y: torch.Tensor, num_outputs: int, config: FitConfig) -> torch.Tensor | None:
-    if config.class_weight != "balanced":
+    if config.class_weight is None:
         return None
     classes = max(num_outputs, 2)
     counts = torch.bincount(y, minlength=classes).double().clamp_min(1.0)
-    return (counts.sum() / (classes * counts)).float()
+    weights = counts.sum() / (classes * counts)
+    if config.class_weight == "sqrt":
+        weights = weights.sqrt()
+    return (weights / weights.mean()).float()
 
 
 def classification_loss(

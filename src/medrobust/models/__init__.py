@@ -28,6 +28,7 @@ from medrobust.models.text import (
     HuggingFaceClassifier,
     TransformerClassifier,
     encode,
+    lsa_embeddings,
     train_tokenizer,
 )
 from medrobust.registry import Registry
@@ -141,16 +142,34 @@ _register(
 
 
 def _build_transformer(task: Task, splits: TensorSplits, hparams: dict[str, Any]) -> nn.Module:
-    hparams.pop("vocab_size", None)
+    for key in ("vocab_size", "tokenizer"):
+        hparams.pop(key, None)  # consumed by prepare_inputs
     max_length = int(hparams.pop("max_length", splits.x["train"].shape[1]))
-    assert splits.vocab_size is not None  # set by prepare_inputs for every text task
+    embedding_init = hparams.pop("embedding_init", "lsa")
+    if embedding_init not in ("lsa", "random"):
+        raise ConfigError(
+            f"The 'embedding_init' of the transformer must be 'lsa' or 'random'. "
+            f"Got {embedding_init!r} instead."
+        )
+    vocab_size = int(splits.vocab_size or 0)
+    dim = int(hparams.get("dim", 64))
+    initial = None
+    if embedding_init == "lsa":
+        initial = torch.from_numpy(lsa_embeddings(splits.x["train"].numpy(), vocab_size, dim))
     return TransformerClassifier(
-        splits.vocab_size, _num_outputs(task, hparams), max_length=max_length, **hparams
+        vocab_size,
+        _num_outputs(task, hparams),
+        max_length=max_length,
+        initial_embeddings=initial,
+        **hparams,
     )
 
 
 _register(
-    "transformer", {Modality.TEXT}, "Transformer encoder over WordPiece ids", _build_transformer
+    "transformer",
+    {Modality.TEXT},
+    "Transformer encoder over corpus-trained token ids",
+    _build_transformer,
 )
 
 
@@ -174,7 +193,9 @@ def prepare_inputs(task: Task, hparams: Mapping[str, Any] | None = None) -> Tens
     y = {name: torch.as_tensor(split.y, dtype=torch.int64) for name, split in splits.items()}
     if task.modality is Modality.TEXT:
         tokenizer = train_tokenizer(
-            list(task.train.x), vocab_size=int(hparams.get("vocab_size", 8000))
+            list(task.train.x),
+            vocab_size=int(hparams.get("vocab_size", 10000)),
+            kind=str(hparams.get("tokenizer", "wordlevel")),
         )
         max_length = int(hparams.get("max_length", 256))
         x = {

@@ -85,7 +85,7 @@ class ConvAutoencoder(nn.Module):
         (N, C, T) -> (N, C, T)
     """
 
-    def __init__(self, in_channels: int, *, width: int = 16, latent: int = 8):
+    def __init__(self, in_channels: int, *, width: int = 16, latent: int = 2):
         super().__init__()
         self.encoder = nn.Sequential(
             nn.Conv1d(in_channels, width, 7, padding=3),

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import sparse
+from sklearn.utils.extmath import randomized_svd
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch import nn
 
@@ -22,19 +24,69 @@ PAD_ID = 0
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 
 
-def train_tokenizer(texts: Sequence[str], *, vocab_size: int = 8000) -> Tokenizer:
-    """Train a lower-cased WordPiece tokenizer on ``texts`` (use the training split only).
+TOKENIZERS = ("wordlevel", "wordpiece")
 
-    Training is deterministic for the same texts and vocabulary size.
+
+def train_tokenizer(
+    texts: Sequence[str], *, vocab_size: int = 10000, kind: str = "wordlevel"
+) -> Tokenizer:
+    """Train a lower-cased tokenizer on ``texts`` (use the training split only).
+
+    ``wordlevel`` keeps whole words seen at least twice (others become [UNK]); ``wordpiece``
+    splits rare words into sub-word pieces. Training is deterministic for the same texts.
     """
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    if kind not in TOKENIZERS:
+        raise ParameterError(f"The tokenizer kind must be one of {TOKENIZERS}. Got {kind!r}.")
+    trainer: trainers.Trainer
+    if kind == "wordlevel":
+        tokenizer = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size,
+            min_frequency=2,
+            special_tokens=list(SPECIAL_TOKENS),
+            show_progress=False,
+        )
+    else:
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        trainer = trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+        )
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
-    )
     tokenizer.train_from_iterator(list(texts), trainer=trainer)
     return tokenizer
+
+
+def lsa_embeddings(ids: np.ndarray, vocab_size: int, dim: int, *, seed: int = 0) -> np.ndarray:
+    """Token vectors from a truncated SVD of the corpus' TF-IDF matrix (latent semantic
+    analysis, Deerwester et al. 1990), scaled to unit standard deviation.
+
+    A Transformer trained from scratch on a few thousand abstracts overfits before it learns which
+    words are related; starting its embeddings from the co-occurrence structure of the same
+    training texts gives it that knowledge without any outside data.
+
+    Shape:
+        ids (N, L) int64 -> (vocab_size, dim) float32; the padding row is zero.
+    """
+    rows = np.repeat(np.arange(len(ids)), ids.shape[1])
+    counts = sparse.csr_matrix(
+        (np.ones(ids.size), (rows, ids.reshape(-1))), shape=(len(ids), vocab_size)
+    )
+    counts.sum_duplicates()
+    counts.data = np.log1p(counts.data)
+    document_frequency = np.bincount(counts.indices, minlength=vocab_size)
+    idf = np.log((1 + len(ids)) / (1 + document_frequency)) + 1
+    idf[PAD_ID] = 0.0
+    tfidf = sparse.csr_matrix(counts.multiply(idf[None, :]))
+    lengths = np.sqrt(np.asarray(tfidf.multiply(tfidf).sum(axis=1)).ravel()) + 1e-12
+    tfidf = sparse.csr_matrix(tfidf.multiply(1.0 / lengths[:, None]))
+    k = min(dim, min(tfidf.shape) - 1)
+    u, s, _ = randomized_svd(tfidf.T.tocsr(), n_components=k, random_state=seed)
+    vectors = np.zeros((vocab_size, dim))
+    vectors[:, :k] = u * np.sqrt(s)
+    vectors /= vectors.std() + 1e-12
+    vectors[PAD_ID] = 0.0
+    return vectors.astype(np.float32)
 
 
 def encode(tokenizer: Tokenizer, texts: Sequence[str], *, max_length: int = 256) -> np.ndarray:
@@ -56,6 +108,14 @@ def encode(tokenizer: Tokenizer, texts: Sequence[str], *, max_length: int = 256)
 class TransformerClassifier(nn.Module):
     """A Transformer encoder (Vaswani et al. 2017) over token ids, mean-pooled, with a linear head.
 
+    Args:
+        vocab_size: number of token ids.
+        num_outputs: number of logits.
+        max_length: longest sequence.
+        dim, heads, layers, dropout: encoder size.
+        initial_embeddings: optional (vocab_size, dim) start for the token embeddings, e.g.
+            :func:`lsa_embeddings` of the training split.
+
     Shape:
         (N, L) int64 -> (N, num_outputs)
     """
@@ -70,9 +130,19 @@ class TransformerClassifier(nn.Module):
         heads: int = 4,
         layers: int = 2,
         dropout: float = 0.1,
+        initial_embeddings: torch.Tensor | None = None,
     ):
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
+        if initial_embeddings is not None:
+            if tuple(initial_embeddings.shape) != (vocab_size, dim):
+                raise ParameterError(
+                    f"initial_embeddings must have shape ({vocab_size}, {dim}). "
+                    f"Got {tuple(initial_embeddings.shape)} instead."
+                )
+            with torch.no_grad():
+                # embed() multiplies by sqrt(dim); this keeps the effective scale at 1.
+                self.token_embedding.weight.copy_(initial_embeddings / math.sqrt(dim))
         self.position_embedding = nn.Parameter(torch.zeros(1, max_length, dim))
         nn.init.normal_(self.position_embedding, std=0.02)
         layer = nn.TransformerEncoderLayer(
