@@ -1,7 +1,82 @@
-"""medrobust: adversarial robustness of medical AI, with statistics and clinical error rates."""
+"""medrobust: adversarial robustness of medical AI, with statistics and clinical error rates.
+
+The public API, in the order of a study::
+
+    task = medrobust.load_task("breastmnist")              # data, splits, positive class
+    inputs = medrobust.prepare_inputs(task)                 # tensors for the model
+    model = medrobust.build_model("small_cnn", task, inputs)
+    medrobust.fit(model, inputs.x["train"], inputs.y["train"], inputs.x["val"], inputs.y["val"])
+    attack = medrobust.PGD(norm="linf", eps=4 / 255, domain=task.domain)
+    x_adv = attack(model, inputs.x["test"], inputs.y["test"])
+"""
 
 from __future__ import annotations
 
+from medrobust.attacks import ATTACKS, FGSM, PGD, Attack
+from medrobust.data import TASKS, Split, Task, load_task
+from medrobust.errors import (
+    ChecksumError,
+    ConfigError,
+    CorruptDataError,
+    DataError,
+    DataNotFoundError,
+    InputError,
+    MedrobustError,
+    ParameterError,
+    StoreError,
+    UnknownNameError,
+)
+from medrobust.metrics import ClinicalMetrics, clinical_metrics, predictions, success_rate
+from medrobust.models import MODELS, build_model, prepare_inputs
+from medrobust.stats import paired_ttest, summarize
+from medrobust.study import ResultStore, StudySpec, load_spec, run_study, write_report
+from medrobust.training import FitConfig, fit, load_checkpoint, predict_logits, save_checkpoint
+from medrobust.types import Domain, Modality, Norm, TaskKind, ThreatModel
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "ATTACKS",
+    "FGSM",
+    "MODELS",
+    "PGD",
+    "TASKS",
+    "Attack",
+    "ChecksumError",
+    "ClinicalMetrics",
+    "ConfigError",
+    "CorruptDataError",
+    "DataError",
+    "DataNotFoundError",
+    "Domain",
+    "FitConfig",
+    "InputError",
+    "MedrobustError",
+    "Modality",
+    "Norm",
+    "ParameterError",
+    "ResultStore",
+    "Split",
+    "StoreError",
+    "StudySpec",
+    "Task",
+    "TaskKind",
+    "ThreatModel",
+    "UnknownNameError",
+    "__version__",
+    "build_model",
+    "clinical_metrics",
+    "fit",
+    "load_checkpoint",
+    "load_spec",
+    "load_task",
+    "paired_ttest",
+    "predict_logits",
+    "predictions",
+    "prepare_inputs",
+    "run_study",
+    "save_checkpoint",
+    "success_rate",
+    "summarize",
+    "write_report",
+]

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from medrobust import __version__
 from medrobust.errors import MedrobustError
@@ -46,22 +47,24 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from medrobust.study import build_tables, load_spec, run_study, write_report
+    from medrobust.study import CellResult, build_tables, load_spec, run_study, write_report
 
     spec = load_spec(args.config)
     output = Path(args.output or spec.output)
-    bar = tqdm(total=None, desc="cells", unit="cell", disable=args.quiet)
+    bars: list[tqdm[Any]] = []
 
-    def progress(result: object, done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.set_postfix_str(getattr(result, "cell", {}).get("task", ""), refresh=False)
-        bar.refresh()
+    def progress(result: CellResult, done: int, total: int) -> None:
+        if not bars:  # created on the first finished cell, so a failed start prints no bar
+            bars.append(tqdm(total=total, desc="cells", unit="cell", disable=args.quiet))
+        bars[0].n = done
+        bars[0].set_postfix_str(result.cell["task"], refresh=False)
+        bars[0].refresh()
 
     try:
         store = run_study(spec, output=output, on_cell=progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     paths = write_report(store)
     for table in build_tables(store):
         print(table.markdown())

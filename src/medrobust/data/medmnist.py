@@ -65,6 +65,7 @@ def medmnist_spec(stem: str, task_name: str, summary: str = "") -> TaskSpec:
         load=lambda seed: load_medmnist(stem, task_name),
         resplits=False,
         summary=summary or f"MedMNIST {stem} images, official train/val/test split",
+        domain=UNIT_INTERVAL,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from medrobust.errors import ParameterError
-from medrobust.types import Domain, Modality, TaskKind
+from medrobust.types import UNBOUNDED, Domain, Modality, TaskKind
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,7 @@ class TaskSpec:
         load: ``load(seed) -> Task``; the seed only matters for tasks that re-split.
         resplits: whether the seed changes the split (True where no official split exists).
         summary: one line for ``medrobust tasks``.
+        domain: the valid input range, known before loading (so budgets can be checked early).
     """
 
     name: str
@@ -117,3 +118,4 @@ class TaskSpec:
     load: Callable[[int], Task]
     resplits: bool
     summary: str
+    domain: Domain = UNBOUNDED

@@ -38,7 +38,7 @@ from medrobust.data import get_task_spec
 from medrobust.errors import ConfigError, MedrobustError
 from medrobust.models import MODELS
 from medrobust.training import FitConfig
-from medrobust.types import TaskKind
+from medrobust.types import UNBOUNDED, Domain, TaskKind
 
 MAX_CELLS = 100_000
 
@@ -200,21 +200,30 @@ def _parse_attack(where: str, raw: Any) -> AttackEntry:
     raw = _expect(where, raw, dict, "a table with 'name' and 'eps'")
     _check_keys(where, raw, {"name", "norm", "params", "eps"})
     name = _expect(f"{where}.name", raw.get("name"), str, "an attack name")
-    cls = ATTACKS.get(name)
+    ATTACKS.get(name)
     norm = str(raw.get("norm", "linf"))
     params = dict(_expect(f"{where}.params", raw.get("params", {}), dict, "a table"))
     if "eps" not in raw:
         raise ConfigError(f"{where} needs 'eps'.")
     eps = _parse_eps(f"{where}.eps", raw["eps"])
-    try:  # build one instance so that bad parameters fail now, not after training
-        for values in eps.values():
-            for value in values:
-                cls(norm=norm, eps=value, **params)
+    _check_attack(
+        where, AttackEntry(name, norm, params, eps), [value for values in eps.values() for value in values]
+    )
+    return AttackEntry(name, norm, params, eps)
+
+
+def _check_attack(
+    where: str, attack: AttackEntry, eps_values: list[float], domain: Domain = UNBOUNDED
+) -> None:
+    """Build the attack for each budget so that bad parameters fail now, not after training."""
+    cls = ATTACKS.get(attack.name)
+    try:
+        for value in eps_values:
+            cls(norm=attack.norm, eps=value, domain=domain, **attack.params)
     except TypeError as exc:
         raise ConfigError(f"{where}.params: {exc}") from exc
     except MedrobustError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
-    return AttackEntry(name, norm, params, eps)
 
 
 def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
@@ -249,6 +258,13 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         raise ConfigError(f"Each task may appear once in a study. Got {names}.")
     attacks_raw = _expect("attacks", raw.get("attacks", []), list, "a list of [[attacks]] tables")
     attacks = tuple(_parse_attack(f"attacks[{i}]", a) for i, a in enumerate(attacks_raw))
+    for i, attack in enumerate(attacks):
+        for task in tasks:
+            task_spec = get_task_spec(task.name)
+            values = attack.eps_for(task.name, task_spec.modality.value)
+            _check_attack(
+                f"attacks[{i}] on task {task.name!r}", attack, list(values), task_spec.domain
+            )
     spec = StudySpec(
         name=str(study.get("name", "study")),
         trials=trials,

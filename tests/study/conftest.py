@@ -1,0 +1,60 @@
+"""Fixtures of the study tests: the real data folder, an isolated cache, small configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def data_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """MEDROBUST_DATA at the real offline folder, a private cache, and no downloads."""
+    value = os.environ.get("MEDROBUST_DATA", "").strip()
+    folder = Path(value) if value else REPO.parent / "shared" / "data"
+    if not folder.is_dir():
+        pytest.skip("no offline data folder (set MEDROBUST_DATA)")
+    monkeypatch.setenv("MEDROBUST_DATA", str(folder))
+    monkeypatch.setenv("MEDROBUST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MEDROBUST_OFFLINE", "1")
+    return folder
+
+
+@pytest.fixture
+def no_data_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No offline folder, an empty cache, and no network."""
+    monkeypatch.delenv("MEDROBUST_DATA", raising=False)
+    monkeypatch.setenv("MEDROBUST_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("MEDROBUST_OFFLINE", "1")
+
+
+def small_config(**study: Any) -> dict[str, Any]:
+    """A study of Wisconsin (MLP) and BreastMNIST (small CNN), two trials, FGSM and PGD."""
+    return {
+        "study": {"name": "small", "trials": 2, "seed": 3, "max_attack_examples": 40, **study},
+        "tasks": [
+            {
+                "name": "wisconsin",
+                "models": ["mlp"],
+                "training": {"epochs": 30, "patience": 5, "batch_size": 32},
+            },
+            {
+                "name": "breastmnist",
+                "models": [{"name": "small_cnn", "params": {"width": 8}}],
+                "training": {"epochs": 2, "batch_size": 64},
+            },
+        ],
+        "attacks": [
+            {"name": "fgsm", "eps": {"image": [0.01], "tabular": [0.2]}},
+            {
+                "name": "pgd",
+                "norm": "l2",
+                "params": {"steps": 5},
+                "eps": {"image": [0.5], "tabular": [1.0]},
+            },
+        ],
+    }

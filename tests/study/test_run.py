@@ -1,0 +1,210 @@
+"""Running studies: identical rows for identical configs, resumption, offline behaviour, CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medrobust.cli import main
+from medrobust.errors import DataNotFoundError, StoreError
+from medrobust.study import ResultStore, load_spec, parse_spec, plan_cells, run_study, write_report
+from tests.study.conftest import small_config
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def reference_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list]:
+    """Rows of one uninterrupted run of the small study."""
+    folder = tmp_path_factory.mktemp("reference")
+    env = pytest.MonkeyPatch()
+    data = os.environ.get("MEDROBUST_DATA") or str(Path(__file__).parents[3] / "shared" / "data")
+    if not Path(data).is_dir():
+        pytest.skip("no offline data folder (set MEDROBUST_DATA)")
+    env.setenv("MEDROBUST_DATA", data)
+    env.setenv("MEDROBUST_CACHE", str(folder / "cache"))
+    env.setenv("MEDROBUST_OFFLINE", "1")
+    try:
+        store = run_study(parse_spec(small_config()), output=folder / "out")
+    finally:
+        env.undo()
+    with ResultStore(store) as results:
+        return results.result_rows()
+
+
+def test_same_config_and_seed_give_identical_rows(
+    data_env: Path, tmp_path: Path, reference_rows: tuple[list, list]
+) -> None:
+    spec = parse_spec(small_config())
+    store = run_study(spec, output=tmp_path / "again")
+    with ResultStore(store) as results:
+        cells, examples = results.result_rows()
+    assert (cells, examples) == reference_rows
+    assert len(cells) == len(plan_cells(spec))
+    # every example row of an attack cell has a perturbation within its budget
+    with ResultStore(store) as results:
+        for cell in results.cells():
+            if cell["attack"] is None:
+                continue
+            rows = results.examples(cell["cell_id"])
+            norm = max(r.linf if cell["norm"] == "linf" else r.l2 for r in rows if r.l2 is not None)
+            assert norm <= cell["eps"] + 1e-5
+
+
+def test_attack_lowers_accuracy_and_report_is_written(data_env: Path, tmp_path: Path) -> None:
+    store = run_study(parse_spec(small_config()), output=tmp_path)
+    with ResultStore(store) as results:
+        cells = results.cells()
+    for cell in cells:
+        if cell["attack"] == "pgd" and cell["task"] == "wisconsin":
+            assert cell["metrics"]["adv_accuracy"] < cell["metrics"]["clean_accuracy"]
+    paths = write_report(store)
+    report = paths[0].read_text()
+    assert "| wisconsin | mlp | 2 |" in report
+    assert "Paired t-test" in report
+    assert paths[2].read_text().startswith("task,model,attack,norm,eps,trials,clean_accuracy_mean")
+
+
+def test_an_interrupted_study_resumes_without_losing_cells(
+    data_env: Path, tmp_path: Path, reference_rows: tuple[list, list]
+) -> None:
+    spec = parse_spec(small_config())
+    total = len(plan_cells(spec))
+
+    def stop_after_five(result: object, done: int, total: int) -> None:
+        if done == 5:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        run_study(spec, output=tmp_path, on_cell=stop_after_five)
+    with ResultStore(tmp_path / "results.sqlite") as results:
+        assert len(results.done_ids()) == 5
+    seen: list[int] = []
+    run_study(spec, output=tmp_path, on_cell=lambda r, done, t: seen.append(done))
+    assert seen == list(range(6, total + 1))  # only the missing cells ran
+    with ResultStore(tmp_path / "results.sqlite") as results:
+        assert results.result_rows() == reference_rows
+
+
+def test_a_killed_study_resumes_with_the_rows_of_an_uninterrupted_run(
+    data_env: Path, tmp_path: Path, reference_rows: tuple[list, list]
+) -> None:
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(small_config()))
+    out = tmp_path / "out"
+    store = out / "results.sqlite"
+    command = [sys.executable, "-m", "medrobust.cli", "study", str(config), "--output", str(out)]
+    process = subprocess.Popen(
+        [*command, "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    finished = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        if store.exists():
+            with sqlite3.connect(store) as conn:
+                try:
+                    finished = conn.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+                except sqlite3.OperationalError:
+                    finished = 0
+            if finished >= 3:
+                break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert finished >= 3, "the study did not get far enough to be killed"
+    with ResultStore(store) as results:
+        partial = len(results.done_ids())
+    assert partial < len(plan_cells(parse_spec(small_config())))
+    assert main(["study", str(config), "--output", str(out), "--quiet"]) == 0
+    with ResultStore(store) as results:
+        assert results.result_rows() == reference_rows
+
+
+def test_tabular_study_runs_with_no_data_folder_and_no_network(
+    no_data_env: None, tmp_path: Path
+) -> None:
+    raw = small_config(trials=1)
+    raw["tasks"] = raw["tasks"][:1]
+    store = run_study(parse_spec(raw), output=tmp_path)
+    with ResultStore(store) as results:
+        clean = [c for c in results.cells() if c["attack"] is None]
+    assert clean and clean[0]["metrics"]["clean_accuracy"] > 0.9
+
+
+def test_default_study_without_data_lists_every_missing_file_before_compute(
+    no_data_env: None, tmp_path: Path
+) -> None:
+    with pytest.raises(DataNotFoundError) as info:
+        run_study(load_spec(), output=tmp_path / "out")
+    message = str(info.value)
+    for expected in (
+        "medmnist/breastmnist.npz",
+        "medmnist/pneumoniamnist.npz",
+        "mitdb/232.dat",
+        "ecg5000/ECG5000_TRAIN.txt",
+        "medical-abstracts-tc/medical_tc_test.csv",
+    ):
+        assert expected in message
+    assert "https://zenodo.org/records/10519652/files/breastmnist.npz" in message
+    assert "Put each file at" in message
+    assert len(info.value.missing) == 2 + 90 + 1 + 2
+    assert not (tmp_path / "out").exists()  # nothing was computed or written
+
+
+def test_cli_reports_missing_data_in_one_message(
+    no_data_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["study", "--output", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 95 data file(s) are missing")
+    assert "Traceback" not in err
+
+
+def test_store_refuses_foreign_files_and_other_studies(data_env: Path, tmp_path: Path) -> None:
+    text_file = tmp_path / "notes.sqlite"
+    text_file.write_text("not a database, and precious")
+    with pytest.raises(StoreError, match="corrupt or not a SQLite file"):
+        ResultStore(text_file)
+    assert text_file.read_text() == "not a database, and precious"
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE patients (id INTEGER)")
+    with pytest.raises(StoreError, match="not a medrobust results store"):
+        ResultStore(foreign)
+    raw = small_config(trials=1)
+    raw["tasks"] = raw["tasks"][:1]
+    run_study(parse_spec(raw), output=tmp_path / "out")
+    raw["study"]["seed"] = 4
+    with pytest.raises(StoreError, match="different study config"):
+        run_study(parse_spec(raw), output=tmp_path / "out")
+
+
+def test_cli_tasks_listing_and_show(data_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tasks"]) == 0
+    listing = capsys.readouterr().out
+    for name in (
+        "breastmnist",
+        "pneumoniamnist",
+        "mitbih",
+        "ecg5000",
+        "ecg5000_anomaly",
+        "medical_abstracts",
+        "wisconsin",
+    ):
+        assert name in listing
+    assert main(["tasks", "show", "breastmnist"]) == 0
+    shown = capsys.readouterr().out
+    assert "positive class: 0 (malignant)" in shown
+    assert "test  x(156, 1, 28, 28) class counts [42, 114]" in shown
+    assert main(["tasks", "show", "breastmnis"]) == 2
+    assert "Did you mean 'breastmnist'" in capsys.readouterr().err
