@@ -112,7 +112,7 @@ def success_rate(y: np.ndarray, clean_pred: np.ndarray, adv_pred: np.ndarray) ->
 
 def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, np.ndarray]:
     """Per-example L-inf, L2 and L0 norms of ``x_adv - x``."""
-    delta = (x_adv - x).flatten(1).double()
+    delta = (x_adv.detach() - x.detach()).flatten(1).double().cpu()
     return {
         "linf": delta.abs().amax(dim=1).numpy(),
         "l2": delta.norm(dim=1).numpy(),

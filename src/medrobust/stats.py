@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+from medrobust.errors import InputError
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -33,8 +35,18 @@ class Summary:
         )
 
 
+def _constant(values: np.ndarray) -> bool:
+    """Whether ``values`` are equal up to rounding: differences of accuracies such as 0.9 - 0.8
+    and 0.8 - 0.7 differ in the last bit, and a t statistic of them would be rounding noise (scipy
+    warns of catastrophic cancellation at the same relative spread)."""
+    mean = float(values.mean())
+    spread = float(np.abs(values - mean).max())
+    return spread <= 10 * float(np.finfo(np.float64).eps) * abs(mean)
+
+
 def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
-    """Summary of ``values``, NaNs dropped. With one value, SD and CI are NaN."""
+    """Summary of ``values``, NaNs dropped. With one value, SD and CI are NaN; with values that
+    are equal up to rounding, the SD is 0 and the CI is the mean."""
     data = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
     n = len(data)
     if n == 0:
@@ -43,7 +55,7 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     if n == 1:
         return Summary(1, mean, math.nan, math.nan, math.nan)
     sd = float(data.std(ddof=1))
-    if sd == 0:
+    if sd == 0 or _constant(data):
         return Summary(n, mean, 0.0, mean, mean)
     low, high = sps.t.interval(confidence, n - 1, loc=mean, scale=sd / math.sqrt(n))
     return Summary(n, mean, sd, float(low), float(high))
@@ -66,15 +78,18 @@ class PairedTest:
 
 
 def paired_ttest(a: Sequence[float], b: Sequence[float]) -> PairedTest:
-    """Two-sided paired t-test (scipy ``ttest_rel``); NaN when n < 2 or all differences equal."""
+    """Two-sided paired t-test (scipy ``ttest_rel``); NaN when n < 2 or all differences equal
+    (up to floating-point rounding)."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape:
-        raise ValueError("paired_ttest needs two sequences of the same length.")
+        raise InputError(
+            f"paired_ttest needs two sequences of the same length. Got {x.shape} and {y.shape}."
+        )
     keep = ~(np.isnan(x) | np.isnan(y))
     x, y = x[keep], y[keep]
     diff = x - y
     mean_diff = float(diff.mean()) if len(diff) else math.nan
-    if len(diff) < 2 or np.all(diff == diff[0]):
+    if len(diff) < 2 or _constant(diff) or float(diff.std(ddof=1)) == 0:
         return PairedTest(len(diff), mean_diff, math.nan, math.nan)
     result = sps.ttest_rel(x, y)
     return PairedTest(len(diff), mean_diff, float(result.statistic), float(result.pvalue))

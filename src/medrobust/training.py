@@ -29,6 +29,15 @@ logger = logging.getLogger(__name__)
 OBJECTIVES = ("classification", "reconstruction")
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    # A string or None would otherwise fail the comparisons below with a bare TypeError.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """Training hyperparameters.
@@ -55,15 +64,15 @@ class FitConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ParameterError(f"The '{name}' of fit must be an integer >= 1. Got {value!r}.")
-        if not isinstance(self.patience, int) or self.patience < 0:
+        if not _is_int(self.patience) or self.patience < 0:
             raise ParameterError(
                 f"The 'patience' of fit must be an integer >= 0. Got {self.patience!r}."
             )
-        if not self.lr > 0:
+        if not _is_real(self.lr) or not self.lr > 0:
             raise ParameterError(f"The 'lr' of fit must be > 0. Got {self.lr!r} instead.")
-        if not self.weight_decay >= 0:
+        if not _is_real(self.weight_decay) or not self.weight_decay >= 0:
             raise ParameterError(
                 f"The 'weight_decay' of fit must be >= 0. Got {self.weight_decay!r}."
             )
@@ -200,10 +209,9 @@ def calibrate_threshold(detector: AnomalyDetector, x: torch.Tensor, y: torch.Ten
     """
     with torch.no_grad():
         detector.eval()
-        errors = torch.cat(
-            [detector.reconstruction_error(x[i : i + 512]) for i in range(0, len(x), 512)]
-        ).numpy()
-    labels = y.numpy()
+        chunks = [detector.reconstruction_error(x[i : i + 512]) for i in range(0, len(x), 512)]
+        errors = torch.cat(chunks).cpu().numpy()
+    labels = y.cpu().numpy()
     candidates = np.unique(errors)
     best, best_score = float(np.median(errors)), -1.0
     for threshold in candidates:
@@ -283,6 +291,7 @@ def fit(
             stale += 1
             if config.patience and stale >= config.patience:
                 break
+    optimizer.zero_grad(set_to_none=True)  # the last batch's gradients mean nothing now
     model.load_state_dict(best_state)
     if config.objective == "reconstruction" and isinstance(model, AnomalyDetector):
         calibrate_threshold(model, x_val.to(device), y_val.to(device))

@@ -1,25 +1,16 @@
-"""Fixtures of the data tests: the real offline data folder, an isolated cache, a local server."""
+"""Fixtures of the data tests: an isolated cache, a local server.
+
+``real_data`` (the offline data folder) comes from ``tests/conftest.py``.
+"""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _real_data_dir() -> Path | None:
-    value = os.environ.get("MEDROBUST_DATA", "").strip()
-    path = Path(value) if value else REPO.parent / "shared" / "data"
-    return path if path.is_dir() else None
-
-
-_REAL_DATA = _real_data_dir()
 
 
 @pytest.fixture(autouse=True)
@@ -31,14 +22,6 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.delenv("MEDROBUST_DATA", raising=False)
     monkeypatch.delenv("MEDROBUST_DOWNLOAD_TIMEOUT", raising=False)
     return cache
-
-
-@pytest.fixture(scope="session")
-def real_data() -> Path:
-    """The real offline data folder (MEDROBUST_DATA, else <repo>/../shared/data)."""
-    if _REAL_DATA is None:
-        pytest.skip("no offline data folder (set MEDROBUST_DATA)")
-    return _REAL_DATA
 
 
 @pytest.fixture

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture
-def data_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def data_env(real_data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """MEDROBUST_DATA at the real offline folder, a private cache, and no downloads."""
-    value = os.environ.get("MEDROBUST_DATA", "").strip()
-    folder = Path(value) if value else REPO.parent / "shared" / "data"
-    if not folder.is_dir():
-        pytest.skip("no offline data folder (set MEDROBUST_DATA)")
+    folder = real_data
     monkeypatch.setenv("MEDROBUST_DATA", str(folder))
     monkeypatch.setenv("MEDROBUST_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MEDROBUST_OFFLINE", "1")

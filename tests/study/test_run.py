@@ -16,6 +16,7 @@ import yaml
 from medrobust.cli import main
 from medrobust.errors import DataNotFoundError, StoreError
 from medrobust.study import ResultStore, load_spec, parse_spec, plan_cells, run_study, write_report
+from tests.conftest import real_data_dir
 from tests.study.conftest import small_config
 
 
@@ -28,10 +29,10 @@ def reference_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list
     """Rows of one uninterrupted run of the small study."""
     folder = tmp_path_factory.mktemp("reference")
     env = pytest.MonkeyPatch()
-    data = os.environ.get("MEDROBUST_DATA") or str(Path(__file__).parents[3] / "shared" / "data")
-    if not Path(data).is_dir():
+    data = real_data_dir()
+    if data is None:
         pytest.skip("no offline data folder (set MEDROBUST_DATA)")
-    env.setenv("MEDROBUST_DATA", data)
+    env.setenv("MEDROBUST_DATA", str(data))
     env.setenv("MEDROBUST_CACHE", str(folder / "cache"))
     env.setenv("MEDROBUST_OFFLINE", "1")
     try:
@@ -104,8 +105,11 @@ def test_a_killed_study_resumes_with_the_rows_of_an_uninterrupted_run(
     out = tmp_path / "out"
     store = out / "results.sqlite"
     command = [sys.executable, "-m", "medrobust.cli", "study", str(config), "--output", str(out)]
-    process = subprocess.Popen(
-        [*command, "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    process = subprocess.Popen(  # one thread, as in this process: identical float reductions
+        [*command, "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     deadline = time.monotonic() + 120
     finished = 0

@@ -18,6 +18,8 @@ from torch import nn
 from medrobust.errors import InputError, ParameterError
 from medrobust.types import UNBOUNDED, Domain, Modality, Norm, ThreatModel
 
+_INTEGER_DTYPES = (torch.int64, torch.int32)
+
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
     """Project ``x_adv`` onto the threat model's ball around ``x`` and then into its domain.
@@ -113,9 +115,10 @@ class Attack(abc.ABC):
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
 
-    def _validate(
-        self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, num_outputs: int
+    def _validate_inputs(
+        self, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
     ) -> None:
+        """Checks that need no model: run before the model ever sees the inputs."""
         owner = type(self).__name__
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise InputError(f"{owner} needs torch tensors x and y. Got {type(x).__name__}.")
@@ -125,29 +128,53 @@ class Attack(abc.ABC):
             raise InputError(
                 f"{owner} needs a non-empty batch of shape (N, ...). Got shape {tuple(x.shape)}."
             )
-        if y.shape != (len(x),) or y.dtype not in (torch.int64, torch.int32):
-            raise InputError(
-                f"{owner} needs integer labels of shape ({len(x)},). "
-                f"Got shape {tuple(y.shape)} and dtype {y.dtype} instead."
-            )
-        if not torch.isfinite(x).all():
-            raise InputError(f"{owner} got inputs with NaN or Inf values.")
-        classes = max(num_outputs, 2)
         for name, labels in (("labels", y), ("targets", target)):
             if labels is None:
                 continue
-            if labels.shape != (len(x),):
-                raise InputError(f"{owner} needs {name} of shape ({len(x)},).")
-            if bool(((labels < 0) | (labels >= classes)).any()):
+            if not isinstance(labels, torch.Tensor):
+                raise InputError(f"{owner} needs {name} as a tensor. Got {type(labels).__name__}.")
+            if labels.shape != (len(x),) or labels.dtype not in _INTEGER_DTYPES:
                 raise InputError(
-                    f"{owner} got {name} outside [0, {classes - 1}] for a model with "
-                    f"{classes} classes."
+                    f"{owner} needs integer {name} of shape ({len(x)},). "
+                    f"Got shape {tuple(labels.shape)} and dtype {labels.dtype} instead."
                 )
+        if not torch.isfinite(x).all():
+            raise InputError(f"{owner} got inputs with NaN or Inf values.")
         domain = self.threat.domain
         if bool((x < domain.low).any()) or bool((x > domain.high).any()):
             raise InputError(
                 f"{owner} got inputs outside the domain [{domain.low}, {domain.high}]."
             )
+
+    def _validate_labels(
+        self, y: torch.Tensor, target: torch.Tensor | None, num_outputs: int
+    ) -> None:
+        """Checks that need the model's number of outputs."""
+        owner = type(self).__name__
+        classes = max(num_outputs, 2)
+        for name, labels in (("labels", y), ("targets", target)):
+            if labels is not None and bool(((labels < 0) | (labels >= classes)).any()):
+                raise InputError(
+                    f"{owner} got {name} outside [0, {classes - 1}] for a model with "
+                    f"{classes} classes."
+                )
+
+    def _num_outputs(self, model: nn.Module, x: torch.Tensor) -> int:
+        """The model's number of logits, from one example; inputs it cannot eat are an error."""
+        owner = type(self).__name__
+        try:
+            with torch.no_grad():
+                logits = model(x[:1])
+        except (RuntimeError, ValueError, IndexError) as exc:
+            raise InputError(
+                f"{owner} could not run the model on inputs of shape {tuple(x.shape)}: {exc}"
+            ) from exc
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != 1:
+            raise InputError(
+                f"{owner} needs a model that returns logits of shape (N, K). Got "
+                f"{tuple(getattr(logits, 'shape', ()))} for one input of shape {tuple(x.shape)}."
+            )
+        return int(logits.shape[1])
 
     @final
     def __call__(
@@ -162,15 +189,21 @@ class Attack(abc.ABC):
 
         Shape:
             x (N, ...) float, y (N,) int64, target (N,) int64 or None -> (N, ...) like x
+
+        Raises:
+            InputError: ``x`` is not a non-empty floating-point batch inside the domain and free
+                of NaN/Inf, the model cannot run on it, or labels/targets are not integers of
+                shape (N,) within the model's classes.
         """
+        # Validate before the model runs, so that bad inputs fail with InputError and not with
+        # whatever the first layer raises.
+        self._validate_inputs(x, y, target)
         was_training = model.training
         model.eval()
         try:
             device = next(model.parameters()).device
             x_in = x.detach().to(device)
-            with torch.no_grad():
-                num_outputs = int(model(x_in[:1]).shape[1]) if len(x_in) else 2
-            self._validate(x_in, y, target, num_outputs)
+            self._validate_labels(y, target, self._num_outputs(model, x_in))
             y_in = y.to(device).long()
             t_in = target.to(device).long() if target is not None else None
             # cuDNN RNNs cannot backpropagate in eval mode; the native kernels can.

@@ -217,7 +217,12 @@ def build_model(
     spec = model_spec_for(name, task)
     try:
         return spec.build(task, inputs, dict(hparams or {}))
-    except TypeError as exc:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        # Unknown keywords (TypeError), out-of-range values such as dropout=2 (ValueError),
+        # impossible sizes such as width=-2 (RuntimeError) and a dim that the heads do not divide
+        # (PyTorch asserts it) are all configuration mistakes.
         raise ConfigError(f"Invalid hyperparameters for model {name!r}: {exc}") from exc
 
 

@@ -207,7 +207,9 @@ def _parse_attack(where: str, raw: Any) -> AttackEntry:
         raise ConfigError(f"{where} needs 'eps'.")
     eps = _parse_eps(f"{where}.eps", raw["eps"])
     _check_attack(
-        where, AttackEntry(name, norm, params, eps), [value for values in eps.values() for value in values]
+        where,
+        AttackEntry(name, norm, params, eps),
+        [value for values in eps.values() for value in values],
     )
     return AttackEntry(name, norm, params, eps)
 

@@ -1,0 +1,523 @@
+"""The evasion-attack contract, checked for every registered attack, every norm it supports and a
+small trained model of each continuous modality (in the spirit of scikit-learn's common checks).
+
+Models (trained once per session, see ``tests/conftest.py``): a CNN on BreastMNIST images in
+[0, 1]; a GRU and a 1D CNN on ECG5000 beats; an MLP (two logits and one logit) on the Wisconsin
+features; the convolutional autoencoder detector on ECG5000 anomalies (one logit). Each is attacked
+on its first 100 test examples at a budget where it really loses accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from medrobust.attacks import ATTACKS, Attack, project
+from medrobust.errors import InputError, ParameterError
+from medrobust.metrics import perturbation_norms, predictions, success_rate
+from medrobust.training import classification_loss, predict_logits
+from medrobust.types import UNBOUNDED, UNIT_INTERVAL, Domain, Norm, ThreatModel
+from tests.conftest import Trained
+
+# Hyperparameters each registered attack gets in this suite. A new attack must be added here (and
+# to the tables below); test_every_registered_attack_is_in_the_suite fails until it is.
+SUITE_PARAMS: dict[str, dict[str, Any]] = {"fgsm": {}, "pgd": {"steps": 10}}
+# Whether the attack's seed changes its output (random starts, sampling).
+RANDOMIZED = {"fgsm": False, "pgd": True}
+# Smallest success rate on originally correct points at the budgets below (a single gradient step
+# is weaker than an iterative attack, hence two floors), and smallest share of points pushed to a
+# chosen target class in targeted mode.
+MIN_SUCCESS = {"fgsm": 0.15, "pgd": 0.35}
+MIN_TARGETED = {"fgsm": 0.0, "pgd": 0.3}
+# Hyperparameters that each attack rejects, beyond the base class's, with the documented message.
+BAD_PARAMS: dict[str, list[tuple[dict[str, Any], str]]] = {
+    "fgsm": [],
+    "pgd": [
+        ({"steps": 0}, r"The 'steps' parameter of PGD must be an integer >= 1\. Got 0 instead\."),
+        ({"steps": 2.5}, r"The 'steps' parameter of PGD must be an integer >= 1\. Got 2\.5"),
+        ({"restarts": 0}, r"The 'restarts' parameter of PGD must be an integer >= 1\. Got 0"),
+        ({"step_size": -0.1}, r"The 'step_size' parameter of PGD must be a number >= 0\."),
+        ({"step_size": math.nan}, r"The 'step_size' parameter of PGD must be a number >= 0\."),
+    ],
+}
+
+# Recipe name (tests/conftest.py) -> a budget per norm at which the model loses accuracy. ECG5000
+# beats and Wisconsin features are z-scored (unbounded); images live in [0, 1].
+BUDGETS: dict[str, dict[Norm, float]] = {
+    "cnn": {Norm.LINF: 0.03, Norm.L2: 1.0},
+    "gru": {Norm.LINF: 0.5, Norm.L2: 4.0},
+    "conv1d": {Norm.LINF: 0.3, Norm.L2: 3.0},
+    "mlp": {Norm.LINF: 0.5, Norm.L2: 3.0},
+    "mlp_1logit": {Norm.LINF: 0.5, Norm.L2: 3.0},
+    "detector": {Norm.LINF: 0.1, Norm.L2: 1.0},
+}
+N_EXAMPLES = 100
+
+CASES = [
+    pytest.param(attack, norm, model, id=f"{attack}-{norm.value}-{model}")
+    for attack in ATTACKS.names()
+    for norm in ATTACKS.get(attack).norms
+    for model in BUDGETS
+]
+NORM_MODEL_CASES = [
+    pytest.param(norm, model, id=f"{norm.value}-{model}")
+    for norm in (Norm.LINF, Norm.L2)
+    for model in BUDGETS
+]
+
+
+def make_attack(attack: str, norm: Norm, victim: Trained, **overrides: Any) -> Attack:
+    """The suite's instance of ``attack`` for ``victim`` at the victim's budget for ``norm``."""
+    kwargs: dict[str, Any] = {
+        "norm": norm,
+        "eps": BUDGETS[victim.key][norm],
+        "domain": victim.task.domain,
+        **SUITE_PARAMS[attack],
+    }
+    kwargs.update(overrides)
+    return ATTACKS.get(attack)(**kwargs)
+
+
+@pytest.fixture
+def victim(
+    request: pytest.FixtureRequest,
+    trained: Callable[[str], Trained],
+    frozen_check: Callable[[nn.Module], nn.Module],
+) -> Callable[[str], Trained]:
+    """``victim(name)``: the shared trained model, watched so that no test may change it."""
+
+    def get(name: str) -> Trained:
+        model = trained(name)
+        frozen_check(model.model)
+        return model
+
+    return get
+
+
+def data(victim: Trained) -> tuple[torch.Tensor, torch.Tensor]:
+    return victim.split("test", N_EXAMPLES)
+
+
+def labels_of(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    return predictions(predict_logits(model, x)).numpy()
+
+
+@pytest.fixture(scope="module")
+def adversarial_cache() -> dict[tuple[str, Norm, str], torch.Tensor]:
+    return {}
+
+
+@pytest.fixture
+def untargeted(
+    victim: Callable[[str], Trained], adversarial_cache: dict[tuple[str, Norm, str], torch.Tensor]
+) -> Callable[[str, Norm, str], torch.Tensor]:
+    """``untargeted(attack, norm, model)``: the suite's untargeted output, computed once."""
+
+    def get(attack: str, norm: Norm, model: str) -> torch.Tensor:
+        key = (attack, norm, model)
+        if key not in adversarial_cache:
+            v = victim(model)
+            x, y = data(v)
+            adversarial_cache[key] = make_attack(attack, norm, v)(v.model, x, y)
+        return adversarial_cache[key]
+
+    return get
+
+
+def test_every_registered_attack_is_in_the_suite():
+    names = set(ATTACKS.names())
+    assert names == set(SUITE_PARAMS) == set(RANDOMIZED) == set(MIN_SUCCESS) == set(BAD_PARAMS)
+    assert names == set(MIN_TARGETED)
+    for name in names:
+        assert ATTACKS.get(name).name == name
+        assert ATTACKS.get(name).__doc__ and "Shape:" in ATTACKS.get(name).__doc__
+
+
+# -- output, budget, domain, no side effects -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("attack", "norm", "model"), CASES)
+def test_output_shape_dtype_budget_and_domain(
+    attack: str, norm: Norm, model: str, victim, untargeted
+):
+    v = victim(model)
+    x, _ = data(v)
+    x_adv = untargeted(attack, norm, model)
+    assert x_adv.shape == x.shape
+    assert x_adv.dtype == x.dtype
+    assert x_adv.device == x.device
+    assert not x_adv.requires_grad
+    assert torch.isfinite(x_adv).all()
+    eps = BUDGETS[model][norm]
+    norms = perturbation_norms(x, x_adv)[norm.value]
+    assert norms.max() <= eps + 1e-6
+    assert norms.max() > 0.5 * eps  # it did perturb
+    domain = v.task.domain
+    assert float(x_adv.min()) >= domain.low and float(x_adv.max()) <= domain.high
+
+
+@pytest.mark.parametrize(("attack", "norm", "model"), CASES)
+def test_input_not_mutated_and_model_mode_restored(attack: str, norm: Norm, model: str, victim):
+    v = victim(model)
+    x, y = data(v)
+    x, y = x.clone(), y.clone()
+    x_before, y_before = x.clone(), y.clone()
+    target = (y + 1) % max(v.task.num_classes, 2)
+    target_before = target.clone()
+    v.model.train()
+    try:
+        make_attack(attack, norm, v)(v.model, x, y)
+        make_attack(attack, norm, v)(v.model, x, y, target=target)
+        assert v.model.training
+        assert all(m.training for m in v.model.modules())
+    finally:
+        v.model.eval()
+    assert torch.equal(x, x_before) and torch.equal(y, y_before)
+    assert torch.equal(target, target_before)
+    # An eval-mode model stays in eval mode. Weights, buffers (batch-norm statistics) and
+    # gradients are checked after the test by frozen_check.
+    make_attack(attack, norm, v)(v.model, x, y)
+    assert not any(m.training for m in v.model.modules())
+
+
+@pytest.mark.parametrize(("attack", "norm", "model"), CASES)
+def test_zero_budget_returns_the_input(attack: str, norm: Norm, model: str, victim):
+    v = victim(model)
+    x, y = data(v)
+    assert torch.equal(make_attack(attack, norm, v, eps=0.0)(v.model, x, y), x)
+
+
+# -- the attack works ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("attack", "norm", "model"), CASES)
+def test_accuracy_drops(attack: str, norm: Norm, model: str, victim, untargeted):
+    v = victim(model)
+    x, y = data(v)
+    clean = labels_of(v.model, x)
+    adv = labels_of(v.model, untargeted(attack, norm, model))
+    truth = y.numpy()
+    clean_accuracy, adv_accuracy = (clean == truth).mean(), (adv == truth).mean()
+    assert clean_accuracy > 0.8
+    assert success_rate(truth, clean, adv) >= MIN_SUCCESS[attack]
+    assert adv_accuracy < clean_accuracy - 0.1
+
+
+@pytest.mark.parametrize(("norm", "model"), NORM_MODEL_CASES)
+def test_pgd_is_at_least_as_strong_as_fgsm(norm: Norm, model: str, victim, untargeted):
+    v = victim(model)
+    x, y = data(v)
+    clean, truth = labels_of(v.model, x), y.numpy()
+    fgsm = success_rate(truth, clean, labels_of(v.model, untargeted("fgsm", norm, model)))
+    pgd = success_rate(truth, clean, labels_of(v.model, untargeted("pgd", norm, model)))
+    assert pgd >= fgsm - 0.02
+
+
+@pytest.mark.parametrize(("attack", "norm", "model"), CASES)
+def test_targeted_mode_reaches_the_target(attack: str, norm: Norm, model: str, victim, untargeted):
+    v = victim(model)
+    x, y = data(v)
+    classes = max(v.task.num_classes, 2)
+    target = (y + 1) % classes
+    clean = labels_of(v.model, x)
+    aimed = clean != target.numpy()  # points not already predicted as their target
+    x_aimed = make_attack(attack, norm, v)(v.model, x, y, target=target)
+    hits = float((labels_of(v.model, x_aimed) == target.numpy())[aimed].mean())
+    assert hits > 0
+    assert hits >= MIN_TARGETED[attack]
+
+    def target_loss(inputs: torch.Tensor) -> float:
+        return float(classification_loss(predict_logits(v.model, inputs), target))
+
+    assert target_loss(x_aimed) < target_loss(x)
+    x_untargeted = untargeted(attack, norm, model)
+    if classes > 2:
+        # Aiming is not just breaking: the target's loss also falls below the untargeted one's.
+        assert target_loss(x_aimed) < target_loss(x_untargeted)
+    else:
+        # With two classes the other class is the target: both modes break the same points.
+        np.testing.assert_array_equal(labels_of(v.model, x_aimed), labels_of(v.model, x_untargeted))
+
+
+# -- seeds and early stopping --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("attack", "norm", "model"), CASES)
+def test_seeded_determinism(attack: str, norm: Norm, model: str, victim):
+    v = victim(model)
+    x, y = data(v)
+    first = make_attack(attack, norm, v, seed=3)(v.model, x, y)
+    again = make_attack(attack, norm, v, seed=3)(v.model, x, y)
+    assert torch.equal(first, again)
+    other = make_attack(attack, norm, v, seed=4)(v.model, x, y)
+    assert torch.equal(first, other) is not RANDOMIZED[attack]
+
+
+@pytest.mark.parametrize(("attack", "norm", "model"), CASES)
+def test_stop_when_adversarial_never_lowers_success(attack: str, norm: Norm, model: str, victim):
+    """Stopping early only keeps points that already fool the model: every point broken without
+    it is broken with it."""
+    v = victim(model)
+    x, y = data(v)
+    truth = y.numpy()
+    clean = labels_of(v.model, x)
+    correct = clean == truth
+    full = labels_of(
+        v.model, make_attack(attack, norm, v, stop_when_adversarial=False)(v.model, x, y)
+    )
+    stop = labels_of(
+        v.model, make_attack(attack, norm, v, stop_when_adversarial=True)(v.model, x, y)
+    )
+    broken_full, broken_stop = correct & (full != truth), correct & (stop != truth)
+    assert not (broken_full & ~broken_stop).any()
+    assert success_rate(truth, clean, stop) >= success_rate(truth, clean, full)
+
+
+@pytest.mark.parametrize(("norm", "model"), NORM_MODEL_CASES)
+def test_pgd_leaves_already_adversarial_points_alone(norm: Norm, model: str, victim):
+    """Without a random start, points the model already gets wrong are adversarial from the first
+    step: with stopping they come back untouched, without it they are perturbed further."""
+    v = victim(model)
+    x, y = data(v)
+    wrong = torch.from_numpy(labels_of(v.model, x) != y.numpy())
+    assert wrong.any() and not wrong.all()
+    outputs = {
+        stop: make_attack("pgd", norm, v, random_start=False, stop_when_adversarial=stop)(
+            v.model, x, y
+        )
+        for stop in (True, False)
+    }
+    assert torch.equal(outputs[True][wrong], x[wrong])
+    assert not torch.equal(outputs[False][wrong], x[wrong])
+    assert not torch.equal(outputs[True][~wrong], x[~wrong])
+
+
+@pytest.mark.parametrize(("norm", "model"), NORM_MODEL_CASES)
+def test_one_step_pgd_is_fgsm_with_or_without_stopping(norm: Norm, model: str, victim, untargeted):
+    """PGD with one full step from the clean point is FGSM; stopping early cannot change which
+    originally correct points it breaks, since they are not adversarial before the step."""
+    v = victim(model)
+    x, y = data(v)
+    truth, clean = y.numpy(), labels_of(v.model, x)
+    correct = clean == truth
+    eps = BUDGETS[model][norm]
+    broken = {}
+    for stop in (False, True):
+        one_step = make_attack(
+            "pgd", norm, v, steps=1, step_size=eps, random_start=False, stop_when_adversarial=stop
+        )
+        broken[stop] = correct & (labels_of(v.model, one_step(v.model, x, y)) != truth)
+    fgsm = correct & (labels_of(v.model, untargeted("fgsm", norm, model)) != truth)
+    np.testing.assert_array_equal(broken[True], broken[False])
+    np.testing.assert_array_equal(broken[False], fgsm)
+
+
+# -- one-logit models ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ATTACKS.names())
+def test_one_logit_models_take_binary_labels_only(attack: str, victim):
+    for name in ("mlp_1logit", "detector"):
+        v = victim(name)
+        x, y = data(v)
+        assert predict_logits(v.model, x[:2]).shape == (2, 1)
+        with pytest.raises(InputError, match=r"got labels outside \[0, 1\] for a model with 2"):
+            make_attack(attack, Norm.LINF, v)(v.model, x, torch.full_like(y, 2))
+        with pytest.raises(InputError, match=r"got targets outside \[0, 1\]"):
+            make_attack(attack, Norm.LINF, v)(v.model, x, y, target=torch.full_like(y, -1))
+
+
+# -- bad hyperparameters -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ATTACKS.names())
+def test_bad_budget_and_norm_are_rejected(attack: str):
+    cls = ATTACKS.get(attack)
+    owner = cls.__name__
+    params = SUITE_PARAMS[attack]
+    for eps in (-0.1, math.nan, "0.1", None, True):
+        with pytest.raises(
+            ParameterError, match=rf"The 'eps' parameter of {owner} must be a numbe"
+        ):
+            cls(eps=eps, **params)
+    with pytest.raises(ParameterError, match=rf"The 'eps' parameter of {owner} .* Got -0\.1 inst"):
+        cls(eps=-0.1, **params)
+    with pytest.raises(ParameterError, match=r"must be <= the domain width 1\.0\. Got 1\.5 inst"):
+        cls(norm="linf", eps=1.5, domain=UNIT_INTERVAL, **params)
+    cls(norm="linf", eps=1.5, domain=UNBOUNDED, **params)  # fine where the domain is unbounded
+    if Norm.L2 in cls.norms:
+        cls(norm="l2", eps=1.5, domain=UNIT_INTERVAL, **params)  # an L2 ball may be wider
+    with pytest.raises(ParameterError, match=r"The 'norm' must be one of 'linf', 'l2', 'l0'\. G"):
+        cls(norm="l3", eps=0.1, **params)
+    for norm in set(Norm) - set(cls.norms):
+        supported = str([n.value for n in cls.norms]).replace("[", r"\[").replace("]", r"\]")
+        with pytest.raises(
+            ParameterError,
+            match=rf"The 'norm' parameter of {owner} must be one of {supported}\. "
+            rf"Got '{norm.value}' instead\.",
+        ):
+            cls(norm=norm, eps=0.1, **params)
+    with pytest.raises(ParameterError, match=rf"The 'seed' parameter of {owner} must be an integ"):
+        cls(eps=0.1, seed=-1, **params)
+    with pytest.raises(TypeError):
+        cls(0.1)  # hyperparameters are keyword-only
+
+
+@pytest.mark.parametrize(
+    ("attack", "kwargs", "match"),
+    [
+        pytest.param(attack, kwargs, match, id=f"{attack}-{'-'.join(kwargs)}")
+        for attack, cases in BAD_PARAMS.items()
+        for kwargs, match in cases
+    ],
+)
+def test_attack_specific_bad_params(attack: str, kwargs: dict[str, Any], match: str):
+    with pytest.raises(ParameterError, match=match):
+        ATTACKS.get(attack)(eps=0.1, **{**SUITE_PARAMS[attack], **kwargs})
+
+
+@pytest.mark.parametrize("attack", ATTACKS.names())
+def test_params_identify_the_attack(attack: str):
+    cls = ATTACKS.get(attack)
+    a = cls(norm="l2", eps=0.5, domain=UNIT_INTERVAL, seed=7, **SUITE_PARAMS[attack])
+    b = cls(norm=Norm.L2, eps=0.5, domain=Domain(0.0, 1.0), seed=7, **SUITE_PARAMS[attack])
+    params = a.params()
+    assert json.loads(json.dumps(params)) == params
+    assert params["norm"] == "l2" and params["eps"] == 0.5 and params["seed"] == 7
+    assert repr(a) == repr(b) and repr(a).startswith(f"{cls.__name__}(")
+    assert a.threat == ThreatModel(Norm.L2, 0.5, UNIT_INTERVAL)
+    assert repr(cls(norm="l2", eps=0.6, domain=UNIT_INTERVAL, seed=7, **SUITE_PARAMS[attack])) != (
+        repr(a)
+    )
+
+
+# -- bad inputs ----------------------------------------------------------------------------------
+
+
+def bad_inputs(v: Trained) -> list[tuple[str, Any, Any, Any, str]]:
+    """(case id, x, y, target, message) for inputs an attack on ``v`` must reject."""
+    x, y = data(v)
+    x, y = x[:8], y[:8]
+    nan = x.clone()
+    nan[0].view(-1)[0] = math.nan
+    inf = x.clone()
+    inf[1].view(-1)[-1] = math.inf
+    classes = max(v.task.num_classes, 2)
+    cases: list[tuple[str, Any, Any, Any, str]] = [
+        ("1-d", x[0].flatten(), y[:1], None, r"needs a non-empty batch of shape \(N, \.\.\.\)"),
+        ("empty", x[:0], y[:0], None, r"needs a non-empty batch of shape \(N, \.\.\.\)\. Got"),
+        ("misfit", x[:, 0] if x.dim() > 2 else x[:, :-1], y, None, r"could not run the model"),
+        ("integer", x.long(), y, None, r"needs floating-point inputs\. Got dtype torch\.int64"),
+        ("numpy", x.numpy(), y, None, r"needs torch tensors x and y\. Got ndarray"),
+        ("nan", nan, y, None, r"got inputs with NaN or Inf values"),
+        ("inf", inf, y, None, r"got inputs with NaN or Inf values"),
+        ("labels-shape", x, y[:, None], None, r"needs integer labels of shape \(8,\)\. Got shape"),
+        ("labels-short", x, y[:5], None, r"needs integer labels of shape \(8,\)"),
+        ("labels-float", x, y.float(), None, r"dtype torch\.float32 instead"),
+        (
+            "labels-high",
+            x,
+            torch.full_like(y, classes),
+            None,
+            rf"labels outside \[0, {classes - 1}",
+        ),
+        ("labels-negative", x, y - 10, None, rf"labels outside \[0, {classes - 1}\]"),
+        ("target-shape", x, y, y[:3], r"needs integer targets of shape \(8,\)"),
+        ("target-float", x, y, y.double(), r"needs integer targets of shape \(8,\)"),
+        ("target-list", x, y, y.tolist(), r"needs targets as a tensor\. Got list"),
+        ("target-high", x, y, torch.full_like(y, classes), rf"targets outside \[0, {classes - 1}"),
+    ]
+    if v.task.domain.bounded:
+        cases.append(("above-domain", x + 0.5, y, None, r"got inputs outside the domain \[0\.0, 1"))
+        cases.append(("below-domain", x - 0.5, y, None, r"got inputs outside the domain"))
+    return cases
+
+
+@pytest.mark.parametrize("attack", ATTACKS.names())
+@pytest.mark.parametrize("model", ["cnn", "gru", "mlp"])
+def test_bad_inputs_raise_input_error(attack: str, model: str, victim):
+    v = victim(model)
+    owner = ATTACKS.get(attack).__name__
+    for case, x, y, target, match in bad_inputs(v):
+        with pytest.raises(InputError, match=rf"^{owner} .*{match}") as info:
+            make_attack(attack, Norm.LINF, v)(v.model, x, y, target=target)
+        assert isinstance(info.value, ValueError), case
+        assert not v.model.training, case
+
+
+@pytest.mark.parametrize("attack", ATTACKS.names())
+def test_model_mode_is_restored_when_an_attack_fails(attack: str, victim):
+    v = victim("cnn")
+    x, y = data(v)
+    v.model.train()
+    try:
+        with pytest.raises(InputError, match=r"got labels outside \[0, 1\]"):
+            make_attack(attack, Norm.LINF, v)(v.model, x, torch.full_like(y, 5))
+        assert v.model.training
+        with pytest.raises(InputError, match=r"could not run the model"):
+            make_attack(attack, Norm.LINF, v)(v.model, x[:, 0], y)
+        assert v.model.training
+    finally:
+        v.model.eval()
+
+
+# -- projection ----------------------------------------------------------------------------------
+
+
+@st.composite
+def projection_case(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, ThreatModel]:
+    bounded = draw(st.booleans())
+    norm = draw(st.sampled_from([Norm.LINF, Norm.L2]))
+    shape = (draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 6)))
+    seed = draw(st.integers(0, 2**31 - 1))
+    generator = torch.Generator().manual_seed(seed)
+    scale = draw(st.sampled_from([1e-3, 0.1, 1.0, 10.0]))
+    if bounded:
+        x = torch.rand(shape, generator=generator)
+        x[..., 0] = draw(st.sampled_from([0.0, 1.0, 0.5]))  # points on the domain's edge too
+        domain = UNIT_INTERVAL
+        eps = draw(st.floats(0.0, 1.0))
+    else:
+        x = torch.randn(shape, generator=generator) * 3
+        domain = UNBOUNDED
+        eps = draw(st.floats(0.0, 20.0))
+    x_adv = x + torch.randn(shape, generator=generator) * scale
+    return x, x_adv, ThreatModel(norm, eps, domain)
+
+
+@settings(max_examples=60, deadline=None)
+@given(projection_case())
+def test_projection_lands_in_the_ball_and_the_domain(case):
+    x, x_adv, threat = case
+    projected = project(x_adv, x, threat)
+    assert projected.shape == x.shape and projected.dtype == x.dtype
+    norms = perturbation_norms(x, projected)[threat.norm.value]
+    assert norms.max() <= threat.eps * (1 + 1e-5) + 1e-6
+    assert float(projected.min()) >= threat.domain.low
+    assert float(projected.max()) <= threat.domain.high
+    # Projecting twice changes nothing, and points already inside both sets do not move.
+    torch.testing.assert_close(project(projected, x, threat), projected, atol=1e-6, rtol=1e-5)
+    inside = perturbation_norms(x, x_adv)[threat.norm.value] <= threat.eps
+    inside &= (
+        ((x_adv >= threat.domain.low) & (x_adv <= threat.domain.high)).flatten(1).all(1).numpy()
+    )
+    torch.testing.assert_close(projected[inside], x_adv[inside], atol=1e-6, rtol=1e-5)
+
+
+def test_projection_direction_is_kept_for_l2():
+    """L2 projection scales the perturbation down; it does not clip coordinates."""
+    x = torch.zeros(1, 4)
+    x_adv = torch.tensor([[3.0, 4.0, 0.0, 0.0]])
+    projected = project(x_adv, x, ThreatModel(Norm.L2, 1.0))
+    torch.testing.assert_close(projected, torch.tensor([[0.6, 0.8, 0.0, 0.0]]))
+    clipped = project(x_adv, x, ThreatModel(Norm.LINF, 1.0))
+    torch.testing.assert_close(clipped, torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
