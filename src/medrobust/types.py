@@ -86,6 +86,11 @@ class ThreatModel:
         object.__setattr__(self, "norm", Norm.parse(self.norm))
         if not isinstance(self.eps, int | float) or math.isnan(self.eps) or self.eps < 0:
             raise ParameterError(f"The 'eps' of a ThreatModel must be >= 0. Got {self.eps!r}.")
+        if self.norm is Norm.L0 and self.eps > 1:
+            raise ParameterError(
+                "The 'eps' of an L0 ThreatModel is the largest fraction of features changed and "
+                f"must be <= 1. Got {self.eps} instead."
+            )
         if self.norm is Norm.LINF and self.domain.bounded and self.eps > self.domain.width:
             raise ParameterError(
                 f"The 'eps' of an L-inf ThreatModel must be <= the domain width "

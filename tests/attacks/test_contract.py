@@ -30,17 +30,32 @@ from tests.conftest import Trained
 
 # Hyperparameters each registered attack gets in this suite. A new attack must be added here (and
 # to the tables below); test_every_registered_attack_is_in_the_suite fails until it is.
-SUITE_PARAMS: dict[str, dict[str, Any]] = {"fgsm": {}, "pgd": {"steps": 10}}
+SUITE_PARAMS: dict[str, dict[str, Any]] = {
+    "fgsm": {},
+    "pgd": {"steps": 10},
+    "jsma": {"candidates": 64},
+}
+# Per-model overrides: JSMA's full-range pixel jumps (theta = 1) step far outside the region where
+# the CNN's gradients predict its output, so images get smaller steps.
+MODEL_PARAMS: dict[tuple[str, str], dict[str, Any]] = {("jsma", "cnn"): {"theta": 0.3}}
 # Whether the attack's seed changes its output (random starts, sampling).
-RANDOMIZED = {"fgsm": False, "pgd": True}
+RANDOMIZED = {"fgsm": False, "pgd": True, "jsma": False}
 # Smallest success rate on originally correct points at the budgets below (a single gradient step
 # is weaker than an iterative attack, hence two floors), and smallest share of points pushed to a
 # chosen target class in targeted mode.
-MIN_SUCCESS = {"fgsm": 0.15, "pgd": 0.35}
-MIN_TARGETED = {"fgsm": 0.0, "pgd": 0.3}
+# Whether the attack descends the cross-entropy of the target (JSMA works on the logits instead).
+MINIMISES_LOSS = {"fgsm": True, "pgd": True, "jsma": False}
+MIN_SUCCESS = {"fgsm": 0.15, "pgd": 0.35, "jsma": 0.1}
+MIN_TARGETED = {"fgsm": 0.0, "pgd": 0.3, "jsma": 0.0}
 # Hyperparameters that each attack rejects, beyond the base class's, with the documented message.
 BAD_PARAMS: dict[str, list[tuple[dict[str, Any], str]]] = {
     "fgsm": [],
+    "jsma": [
+        ({"theta": 0}, r"The 'theta' parameter of JSMA must be a non-zero number\. Got 0 inst"),
+        ({"theta": math.inf}, r"The 'theta' parameter of JSMA must be a non-zero number"),
+        ({"candidates": 1}, r"The 'candidates' parameter of JSMA must be an integer >= 2\."),
+        ({"max_memory_mb": 0}, r"The 'max_memory_mb' parameter of JSMA must be a number >= 1"),
+    ],
     "pgd": [
         ({"steps": 0}, r"The 'steps' parameter of PGD must be an integer >= 1\. Got 0 instead\."),
         ({"steps": 2.5}, r"The 'steps' parameter of PGD must be an integer >= 1\. Got 2\.5"),
@@ -52,13 +67,14 @@ BAD_PARAMS: dict[str, list[tuple[dict[str, Any], str]]] = {
 
 # Recipe name (tests/conftest.py) -> a budget per norm at which the model loses accuracy. ECG5000
 # beats and Wisconsin features are z-scored (unbounded); images live in [0, 1].
+# L0 budgets are fractions of the features (JSMA's gamma).
 BUDGETS: dict[str, dict[Norm, float]] = {
-    "cnn": {Norm.LINF: 0.03, Norm.L2: 1.0},
-    "gru": {Norm.LINF: 0.5, Norm.L2: 4.0},
-    "conv1d": {Norm.LINF: 0.3, Norm.L2: 3.0},
-    "mlp": {Norm.LINF: 0.5, Norm.L2: 3.0},
-    "mlp_1logit": {Norm.LINF: 0.5, Norm.L2: 3.0},
-    "detector": {Norm.LINF: 0.1, Norm.L2: 1.0},
+    "cnn": {Norm.LINF: 0.03, Norm.L2: 1.0, Norm.L0: 0.1},
+    "gru": {Norm.LINF: 0.5, Norm.L2: 4.0, Norm.L0: 0.2},
+    "conv1d": {Norm.LINF: 0.3, Norm.L2: 3.0, Norm.L0: 0.2},
+    "mlp": {Norm.LINF: 0.5, Norm.L2: 3.0, Norm.L0: 0.3},
+    "mlp_1logit": {Norm.LINF: 0.5, Norm.L2: 3.0, Norm.L0: 0.3},
+    "detector": {Norm.LINF: 0.1, Norm.L2: 1.0, Norm.L0: 0.2},
 }
 N_EXAMPLES = 100
 
@@ -75,6 +91,16 @@ NORM_MODEL_CASES = [
 ]
 
 
+def main_norm(attack: str) -> Norm:
+    """The first norm an attack supports (for tests about something other than the budget)."""
+    return ATTACKS.get(attack).norms[0]
+
+
+def norm_budget(norm: Norm, eps: float, x: torch.Tensor) -> float:
+    """The largest perturbation norm allowed: eps, or for L0 the number of features eps allows."""
+    return float(int(eps * x[0].numel() + 1e-9)) if norm is Norm.L0 else eps
+
+
 def make_attack(attack: str, norm: Norm, victim: Trained, **overrides: Any) -> Attack:
     """The suite's instance of ``attack`` for ``victim`` at the victim's budget for ``norm``."""
     kwargs: dict[str, Any] = {
@@ -82,6 +108,7 @@ def make_attack(attack: str, norm: Norm, victim: Trained, **overrides: Any) -> A
         "eps": BUDGETS[victim.key][norm],
         "domain": victim.task.domain,
         **SUITE_PARAMS[attack],
+        **MODEL_PARAMS.get((attack, victim.key), {}),
     }
     kwargs.update(overrides)
     return ATTACKS.get(attack)(**kwargs)
@@ -136,7 +163,7 @@ def untargeted(
 def test_every_registered_attack_is_in_the_suite():
     names = set(ATTACKS.names())
     assert names == set(SUITE_PARAMS) == set(RANDOMIZED) == set(MIN_SUCCESS) == set(BAD_PARAMS)
-    assert names == set(MIN_TARGETED)
+    assert names == set(MIN_TARGETED) == set(MINIMISES_LOSS)
     for name in names:
         assert ATTACKS.get(name).name == name
         assert ATTACKS.get(name).__doc__ and "Shape:" in ATTACKS.get(name).__doc__
@@ -157,7 +184,7 @@ def test_output_shape_dtype_budget_and_domain(
     assert x_adv.device == x.device
     assert not x_adv.requires_grad
     assert torch.isfinite(x_adv).all()
-    eps = BUDGETS[model][norm]
+    eps = norm_budget(norm, BUDGETS[model][norm], x)
     norms = perturbation_norms(x, x_adv)[norm.value]
     assert norms.max() <= eps + 1e-6
     assert norms.max() > 0.5 * eps  # it did perturb
@@ -236,6 +263,11 @@ def test_targeted_mode_reaches_the_target(attack: str, norm: Norm, model: str, v
     assert hits >= MIN_TARGETED[attack]
 
     def target_loss(inputs: torch.Tensor) -> float:
+        if not MINIMISES_LOSS[attack]:  # JSMA's objective: the target logit against the others
+            logits = predict_logits(v.model, inputs)
+            logits = torch.cat([-logits / 2, logits / 2], 1) if logits.shape[1] == 1 else logits
+            chosen = logits.gather(1, target[:, None])[:, 0]
+            return float((logits.sum(1) - 2 * chosen).mean())
         return float(classification_loss(predict_logits(v.model, inputs), target))
 
     assert target_loss(x_aimed) < target_loss(x)
@@ -331,9 +363,9 @@ def test_one_logit_models_take_binary_labels_only(attack: str, victim):
         x, y = data(v)
         assert predict_logits(v.model, x[:2]).shape == (2, 1)
         with pytest.raises(InputError, match=r"got labels outside \[0, 1\] for a model with 2"):
-            make_attack(attack, Norm.LINF, v)(v.model, x, torch.full_like(y, 2))
+            make_attack(attack, main_norm(attack), v)(v.model, x, torch.full_like(y, 2))
         with pytest.raises(InputError, match=r"got targets outside \[0, 1\]"):
-            make_attack(attack, Norm.LINF, v)(v.model, x, y, target=torch.full_like(y, -1))
+            make_attack(attack, main_norm(attack), v)(v.model, x, y, target=torch.full_like(y, -1))
 
 
 # -- bad hyperparameters -------------------------------------------------------------------------
@@ -351,9 +383,10 @@ def test_bad_budget_and_norm_are_rejected(attack: str):
             cls(eps=eps, **params)
     with pytest.raises(ParameterError, match=rf"The 'eps' parameter of {owner} .* Got -0\.1 inst"):
         cls(eps=-0.1, **params)
-    with pytest.raises(ParameterError, match=r"must be <= the domain width 1\.0\. Got 1\.5 inst"):
-        cls(norm="linf", eps=1.5, domain=UNIT_INTERVAL, **params)
-    cls(norm="linf", eps=1.5, domain=UNBOUNDED, **params)  # fine where the domain is unbounded
+    if Norm.LINF in cls.norms:
+        with pytest.raises(ParameterError, match=r"must be <= the domain width 1\.0\. Got 1\.5"):
+            cls(norm="linf", eps=1.5, domain=UNIT_INTERVAL, **params)
+        cls(norm="linf", eps=1.5, domain=UNBOUNDED, **params)  # fine where unbounded
     if Norm.L2 in cls.norms:
         cls(norm="l2", eps=1.5, domain=UNIT_INTERVAL, **params)  # an L2 ball may be wider
     with pytest.raises(ParameterError, match=r"The 'norm' must be one of 'linf', 'l2', 'l0'\. G"):
@@ -388,16 +421,16 @@ def test_attack_specific_bad_params(attack: str, kwargs: dict[str, Any], match: 
 @pytest.mark.parametrize("attack", ATTACKS.names())
 def test_params_identify_the_attack(attack: str):
     cls = ATTACKS.get(attack)
-    a = cls(norm="l2", eps=0.5, domain=UNIT_INTERVAL, seed=7, **SUITE_PARAMS[attack])
-    b = cls(norm=Norm.L2, eps=0.5, domain=Domain(0.0, 1.0), seed=7, **SUITE_PARAMS[attack])
+    norm = main_norm(attack)
+    a = cls(norm=norm.value, eps=0.5, domain=UNIT_INTERVAL, seed=7, **SUITE_PARAMS[attack])
+    b = cls(norm=norm, eps=0.5, domain=Domain(0.0, 1.0), seed=7, **SUITE_PARAMS[attack])
     params = a.params()
     assert json.loads(json.dumps(params)) == params
-    assert params["norm"] == "l2" and params["eps"] == 0.5 and params["seed"] == 7
+    assert params["norm"] == norm.value and params["eps"] == 0.5 and params["seed"] == 7
     assert repr(a) == repr(b) and repr(a).startswith(f"{cls.__name__}(")
-    assert a.threat == ThreatModel(Norm.L2, 0.5, UNIT_INTERVAL)
-    assert repr(cls(norm="l2", eps=0.6, domain=UNIT_INTERVAL, seed=7, **SUITE_PARAMS[attack])) != (
-        repr(a)
-    )
+    assert a.threat == ThreatModel(norm, 0.5, UNIT_INTERVAL)
+    other = cls(norm=norm.value, eps=0.6, domain=UNIT_INTERVAL, seed=7, **SUITE_PARAMS[attack])
+    assert repr(other) != repr(a)
 
 
 # -- bad inputs ----------------------------------------------------------------------------------
@@ -449,7 +482,7 @@ def test_bad_inputs_raise_input_error(attack: str, model: str, victim):
     owner = ATTACKS.get(attack).__name__
     for case, x, y, target, match in bad_inputs(v):
         with pytest.raises(InputError, match=rf"^{owner} .*{match}") as info:
-            make_attack(attack, Norm.LINF, v)(v.model, x, y, target=target)
+            make_attack(attack, main_norm(attack), v)(v.model, x, y, target=target)
         assert isinstance(info.value, ValueError), case
         assert not v.model.training, case
 
@@ -461,10 +494,10 @@ def test_model_mode_is_restored_when_an_attack_fails(attack: str, victim):
     v.model.train()
     try:
         with pytest.raises(InputError, match=r"got labels outside \[0, 1\]"):
-            make_attack(attack, Norm.LINF, v)(v.model, x, torch.full_like(y, 5))
+            make_attack(attack, main_norm(attack), v)(v.model, x, torch.full_like(y, 5))
         assert v.model.training
         with pytest.raises(InputError, match=r"could not run the model"):
-            make_attack(attack, Norm.LINF, v)(v.model, x[:, 0], y)
+            make_attack(attack, main_norm(attack), v)(v.model, x[:, 0], y)
         assert v.model.training
     finally:
         v.model.eval()

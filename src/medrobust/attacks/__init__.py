@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from medrobust.attacks.base import Attack, project
 from medrobust.attacks.gradient import FGSM, PGD
+from medrobust.attacks.jsma import JSMA
 from medrobust.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 ATTACKS.add(FGSM.name, FGSM)
 ATTACKS.add(PGD.name, PGD)
+ATTACKS.add(JSMA.name, JSMA)
 
-__all__ = ["ATTACKS", "FGSM", "PGD", "Attack", "project"]
+__all__ = ["ATTACKS", "FGSM", "JSMA", "PGD", "Attack", "project"]
