@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import sqlite3
@@ -74,6 +75,16 @@ def test_attack_lowers_accuracy_and_report_is_written(data_env: Path, tmp_path: 
     assert "| wisconsin | mlp | 2 |" in report
     assert "Paired t-test" in report
     assert paths[2].read_text().startswith("task,model,attack,norm,eps,trials,clean_accuracy_mean")
+    assert "per-example worst case over attacks" in report
+    with paths[3].open() as f:
+        worst = list(csv.DictReader(f))
+    assert {(r["task"], r["norm"]) for r in worst} == {
+        (t, n) for t in ("wisconsin", "breastmnist") for n in ("linf", "l2")
+    }
+    for row in worst:  # the worst case over attacks is never better than the strongest attack
+        assert float(row["worst_case_accuracy_mean"]) <= float(
+            row["strongest_single_attack_accuracy_mean"]
+        )
 
 
 def test_an_interrupted_study_resumes_without_losing_cells(
