@@ -23,6 +23,7 @@ from medrobust.metrics import (
     predictions,
     probabilities,
     success_rate,
+    target_success_rate,
 )
 
 # Binary labels with TP = 3, FN = 1, TN = 4, FP = 2 when class 1 is positive.
@@ -171,3 +172,12 @@ def test_perturbation_norms():
     np.testing.assert_allclose(norms["l2"], [5.0, 0.5, 0.0])
     np.testing.assert_array_equal(norms["l0"], [2, 1, 0])
     assert all(v.dtype == np.float64 and v.shape == (3,) for v in norms.values())
+
+
+def test_target_success_rate_counts_originally_correct_examples_sent_to_their_target() -> None:
+    y = np.array([0, 0, 0, 1])
+    clean = np.array([0, 0, 1, 1])  # the third example was already wrong: it does not count
+    adv = np.array([1, 0, 1, 0])
+    target = np.array([1, 1, 1, 0])
+    assert target_success_rate(y, clean, adv, target) == pytest.approx(2 / 3)
+    assert math.isnan(target_success_rate(y, 1 - y, adv, target))

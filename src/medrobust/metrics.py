@@ -110,6 +110,15 @@ def success_rate(y: np.ndarray, clean_pred: np.ndarray, adv_pred: np.ndarray) ->
     )
 
 
+def target_success_rate(
+    y: np.ndarray, clean_pred: np.ndarray, adv_pred: np.ndarray, target: np.ndarray
+) -> float:
+    """Fraction of originally correct examples that the attack sent to their target class."""
+    correct = np.asarray(clean_pred) == np.asarray(y)
+    reached = np.asarray(adv_pred) == np.asarray(target)
+    return _ratio(int((correct & reached).sum()), int(correct.sum()))
+
+
 def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, np.ndarray]:
     """Per-example L-inf, L2 and L0 norms of ``x_adv - x``."""
     delta = (x_adv.detach() - x.detach()).flatten(1).double().cpu()

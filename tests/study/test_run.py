@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import signal
 import sqlite3
@@ -74,7 +75,7 @@ def test_attack_lowers_accuracy_and_report_is_written(data_env: Path, tmp_path: 
     report = paths[0].read_text()
     assert "| wisconsin | mlp | 2 |" in report
     assert "Paired t-test" in report
-    assert paths[2].read_text().startswith("task,model,attack,norm,eps,trials,clean_accuracy_mean")
+    assert paths[2].read_text().startswith("task,model,attack,norm,eps,targeted,trials,clean_acc")
     assert "per-example worst case over attacks" in report
     with paths[3].open() as f:
         worst = list(csv.DictReader(f))
@@ -85,6 +86,36 @@ def test_attack_lowers_accuracy_and_report_is_written(data_env: Path, tmp_path: 
         assert float(row["worst_case_accuracy_mean"]) <= float(
             row["strongest_single_attack_accuracy_mean"]
         )
+
+
+def test_targeted_attacks_aim_at_the_harmful_misreading(data_env: Path, tmp_path: Path) -> None:
+    raw = small_config(trials=1)
+    raw["attacks"].append(
+        {
+            "name": "pgd",
+            "targeted": True,
+            "params": {"steps": 10},
+            "eps": {"image": [0.03], "tabular": [0.5]},
+        }
+    )
+    store = run_study(parse_spec(raw), output=tmp_path)
+    with ResultStore(store) as results:
+        targeted = [c for c in results.cells() if c["targeted"]]
+        assert {c["task"] for c in targeted} == {"wisconsin", "breastmnist"}
+        for cell in targeted:
+            rows = results.examples(cell["cell_id"])
+            # only malignant cases (label 0 in both tasks) are attacked, toward benign (1)
+            assert rows and all(r.label == 0 for r in rows)
+            reached = [r.adv_pred == 1 for r in rows if r.clean_pred == r.label]
+            rate = cell["metrics"]["target_success_rate"]
+            if reached:
+                assert rate == pytest.approx(sum(reached) / len(reached))
+            else:  # the model missed every malignant case: nothing left to attack
+                assert math.isnan(rate)
+            if cell["task"] == "wisconsin":
+                assert rate > 0.2
+    write_report(store)
+    assert "pgd (linf, targeted)" in (tmp_path / "report.md").read_text()
 
 
 def test_an_interrupted_study_resumes_without_losing_cells(

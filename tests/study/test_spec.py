@@ -111,6 +111,11 @@ def _with(change: dict[str, Any]) -> dict[str, Any]:
         ({"attacks.1.params": {"steps": 0}}, ConfigError, "'steps' parameter of PGD must be"),
         ({"attacks.1.params": {"stepz": 3}}, ConfigError, "unexpected keyword argument 'stepz'"),
         ({"tasks": []}, ConfigError, "at least one"),
+        (
+            {"attacks.0.targeted": "yes"},
+            ConfigError,
+            "attacks\\[0\\].targeted must be true or false",
+        ),
     ],
 )
 def test_bad_configs_fail_before_compute(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +109,8 @@ class TaskSpec:
         resplits: whether the seed changes the split (True where no official split exists).
         summary: one line for ``medrobust tasks``.
         domain: the valid input range, known before loading (so budgets can be checked early).
+        harmful_targets: for targeted attacks, the clinically harmful misreading of each class
+            that has one (true label -> label the attacker wants), e.g. malignant -> benign.
     """
 
     name: str
@@ -119,3 +121,4 @@ class TaskSpec:
     resplits: bool
     summary: str
     domain: Domain = UNBOUNDED
+    harmful_targets: Mapping[int, int] = field(default_factory=dict)

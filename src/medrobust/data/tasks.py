@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from dataclasses import replace
 
 from medrobust.data._medmnist_info import MEDMNIST_2D
 from medrobust.data.catalogue import (
@@ -33,6 +34,17 @@ from medrobust.errors import UnknownNameError
 from medrobust.registry import Registry
 
 TASKS: Registry[TaskSpec] = Registry("task")
+
+# The misreading a targeted attacker wants, per task: true label -> label it should be read as.
+# Each sends a sick patient home: a missed cancer, pneumonia or arrhythmia.
+HARMFUL_TARGETS: dict[str, dict[int, int]] = {
+    "breastmnist": {0: 1},  # malignant -> normal/benign
+    "pneumoniamnist": {1: 0},  # pneumonia -> normal
+    "mitbih": {1: 0, 2: 0, 3: 0},  # S, V, F ectopic beats -> N
+    "ecg5000": {1: 0, 2: 0, 3: 0, 4: 0},  # abnormal beats -> normal
+    "ecg5000_anomaly": {1: 0},  # abnormal -> normal: a missed detection
+    "wisconsin": {0: 1},  # malignant -> benign
+}
 GENERIC_PREFIXES = ("medmnist:", "ucr:")
 
 for _spec in (
@@ -57,7 +69,7 @@ for _spec in (
     abstracts_spec(),
     wisconsin_spec(),
 ):
-    TASKS.add(_spec.name, _spec)
+    TASKS.add(_spec.name, replace(_spec, harmful_targets=HARMFUL_TARGETS.get(_spec.name, {})))
 del _spec
 
 

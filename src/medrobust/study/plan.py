@@ -44,6 +44,7 @@ class Cell:
     attack_seed: int
     max_attack_examples: int
     device: str
+    targeted: bool = False
 
     @property
     def training_key(self) -> str:
@@ -70,6 +71,8 @@ class Cell:
     def label(self) -> str:
         """Short human-readable name."""
         what = "clean" if self.attack is None else f"{self.attack}-{self.norm} eps={self.eps:g}"
+        if self.targeted:
+            what += " targeted"
         return f"{self.task}/{self.model}/{what}/trial {self.trial}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +112,8 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
                 for attack in spec.attacks:
                     if not attack_modalities_ok(attack, modality):
                         continue
+                    if attack.targeted and not task_spec.harmful_targets:
+                        continue
                     for eps in attack.eps_for(task.name, modality):
                         attack_seed = derive_seed(
                             spec.seed, "attack", task.name, model.name, attack.name, eps, trial
@@ -121,6 +126,7 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
                                 eps=eps,
                                 attack_params=dict(attack.params),
                                 attack_seed=attack_seed,
+                                targeted=attack.targeted,
                             )
                         )
     return cells

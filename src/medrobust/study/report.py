@@ -30,6 +30,7 @@ ATTACK_METRICS = (
     ("clean_accuracy", "Clean acc."),
     ("adv_accuracy", "Attacked acc."),
     ("success_rate", "Success rate"),
+    ("target_success_rate", "Reached harmful target"),
     ("adv_sensitivity", "Sensitivity (attacked)"),
     ("adv_specificity", "Specificity (attacked)"),
 )
@@ -93,19 +94,23 @@ def clean_table(cells: list[dict[str, Any]]) -> Table:
 
 def attack_table(cells: list[dict[str, Any]]) -> Table:
     """Attacked performance per task x model x attack x eps, with a paired t-test."""
-    groups: dict[tuple[str, str, str, str, float], list[dict[str, float]]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str, float, bool], list[dict[str, float]]]
+    groups = defaultdict(list)
     for c in cells:
         if c["attack"] is not None:
-            groups[(c["task"], c["model"], c["attack"], c["norm"], c["eps"])].append(c["metrics"])
+            group = (c["task"], c["model"], c["attack"], c["norm"], c["eps"], c["targeted"])
+            groups[group].append(c["metrics"])
     rows, records = [], []
-    for (task, model, attack, norm, eps), runs in sorted(groups.items()):
-        row = [task, model, f"{attack} ({norm})", f"{eps:g}", str(len(runs))]
+    for (task, model, attack, norm, eps, targeted), runs in sorted(groups.items()):
+        label = f"{attack} ({norm}{', targeted' if targeted else ''})"
+        row = [task, model, label, f"{eps:g}", str(len(runs))]
         record: dict[str, Any] = {
             "task": task,
             "model": model,
             "attack": attack,
             "norm": norm,
             "eps": eps,
+            "targeted": targeted,
             "trials": len(runs),
         }
         for key, _ in ATTACK_METRICS:
@@ -139,7 +144,7 @@ def worst_case_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
         lambda: defaultdict(list)
     )
     for c in cells:
-        if c["attack"] is not None:
+        if c["attack"] is not None and not c["targeted"]:  # targeted cells see other examples
             groups[(c["task"], c["model"], c["norm"], c["eps"])][c["trial"]].append(c)
     rows: list[tuple[str, ...]] = []
     records: list[dict[str, Any]] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from medrobust.attacks import ATTACKS
-from medrobust.data import ensure_files, load_task
+from medrobust.data import ensure_files, get_task_spec, load_task
 from medrobust.data.task import Task
 from medrobust.metrics import (
     clinical_metrics,
@@ -28,6 +29,7 @@ from medrobust.metrics import (
     predictions,
     probabilities,
     success_rate,
+    target_success_rate,
 )
 from medrobust.models import build_model, prepare_inputs
 from medrobust.study.plan import Cell, derive_seed, plan_cells
@@ -104,10 +106,15 @@ def evaluate_cell(
         rows = [ExampleRow(i, int(labels[i]), int(pred[i])) for i in range(len(labels))]
         return _prefixed("clean", clean.as_dict()), rows
 
-    n = len(labels)
     rng = np.random.default_rng(derive_seed(cell.split_seed, "subset", cell.trial))
-    subset = np.sort(rng.choice(n, size=min(n, cell.max_attack_examples), replace=False))
+    harmful = get_task_spec(task.name).harmful_targets if cell.targeted else {}
+    # Targeted cells attack the classes that have a harmful misreading, each toward it.
+    pool = (
+        np.flatnonzero(np.isin(labels, list(harmful))) if cell.targeted else np.arange(len(labels))
+    )
+    subset = np.sort(rng.choice(pool, size=min(len(pool), cell.max_attack_examples), replace=False))
     x, y = x_test[subset], y_test[subset]
+    target = torch.tensor([harmful[int(c)] for c in y]) if cell.targeted else None
     attack = ATTACKS.get(cell.attack)(
         norm=cell.norm or "linf",
         eps=float(cell.eps or 0.0),
@@ -118,7 +125,12 @@ def evaluate_cell(
     clean_pred = predictions(predict_logits(model, x)).numpy()
     adversarial = torch.cat(
         [
-            attack(model, x[i : i + ATTACK_BATCH], y[i : i + ATTACK_BATCH])
+            attack(
+                model,
+                x[i : i + ATTACK_BATCH],
+                y[i : i + ATTACK_BATCH],
+                target=None if target is None else target[i : i + ATTACK_BATCH],
+            )
             for i in range(0, len(x), ATTACK_BATCH)
         ]
     )
@@ -144,6 +156,12 @@ def evaluate_cell(
             ).as_dict(),
         ),
         "success_rate": success_rate(y.numpy(), clean_pred, adv_pred),
+        # share of originally correct examples read as their harmful target (NaN untargeted)
+        "target_success_rate": (
+            target_success_rate(y.numpy(), clean_pred, adv_pred, target.numpy())
+            if target is not None
+            else math.nan
+        ),
         "mean_linf": float(norms["linf"].mean()),
         "mean_l2": float(norms["l2"].mean()),
     }

@@ -74,12 +74,17 @@ class TaskEntry:
 
 @dataclass(frozen=True)
 class AttackEntry:
-    """One attack with its norm, params and the eps values per task name or modality."""
+    """One attack with its norm, params and the eps values per task name or modality.
+
+    A targeted entry aims each example at its task's clinically harmful misreading
+    (``TaskSpec.harmful_targets``, e.g. malignant -> benign) and runs on tasks that declare one.
+    """
 
     name: str
     norm: str
     params: Mapping[str, Any]
     eps: Mapping[str, tuple[float, ...]]
+    targeted: bool = False
 
     def eps_for(self, task_name: str, modality: str) -> tuple[float, ...]:
         """The eps values for a task: its own entry, else its modality's, else ``all``."""
@@ -127,6 +132,7 @@ class StudySpec:
                     "norm": a.norm,
                     "params": dict(a.params),
                     "eps": {k: list(v) for k, v in a.eps.items()},
+                    "targeted": a.targeted,
                 }
                 for a in self.attacks
             ],
@@ -198,7 +204,8 @@ def _parse_eps(where: str, raw: Any) -> dict[str, tuple[float, ...]]:
 
 def _parse_attack(where: str, raw: Any) -> AttackEntry:
     raw = _expect(where, raw, dict, "a table with 'name' and 'eps'")
-    _check_keys(where, raw, {"name", "norm", "params", "eps"})
+    _check_keys(where, raw, {"name", "norm", "params", "eps", "targeted"})
+    targeted = _expect(f"{where}.targeted", raw.get("targeted", False), bool, "true or false")
     name = _expect(f"{where}.name", raw.get("name"), str, "an attack name")
     ATTACKS.get(name)
     norm = str(raw.get("norm", "linf"))
@@ -211,7 +218,7 @@ def _parse_attack(where: str, raw: Any) -> AttackEntry:
         AttackEntry(name, norm, params, eps),
         [value for values in eps.values() for value in values],
     )
-    return AttackEntry(name, norm, params, eps)
+    return AttackEntry(name, norm, params, eps, targeted)
 
 
 def _check_attack(
