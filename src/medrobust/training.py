@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medrobust.atomic import write_atomically
 from medrobust.errors import ParameterError
 from medrobust.metrics import predictions
 from medrobust.models.ecg import AnomalyDetector
@@ -182,15 +181,8 @@ def _evaluate_loss(
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:
     """Write the model's state dict atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    state = model.state_dict()
+    write_atomically(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:

@@ -45,17 +45,17 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from medrobust.atomic import write_atomically
 from medrobust.errors import (
     ChecksumError,
     CorruptDataError,
@@ -625,26 +625,6 @@ def _copy_atomically(source: IO[bytes], dest: Path) -> str:
 
     write_atomically(dest, writer)
     return hasher.hexdigest()
-
-
-def write_atomically(dest: Path, writer: Callable[[IO[bytes]], object]) -> None:
-    """Create ``dest`` atomically: ``writer(handle)`` fills a temporary file that is renamed.
-
-    Args:
-        dest: the final path; its folder is created.
-        writer: fills the binary file handle it is given.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            writer(handle)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
 
 
 def describe(file: DataFile, path: Path) -> dict[str, str]:

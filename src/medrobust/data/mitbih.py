@@ -46,8 +46,9 @@ from typing import IO, Any
 
 import numpy as np
 
+from medrobust.atomic import write_atomically
 from medrobust.data.catalogue import MITDB_DS1, MITDB_DS2, mitdb_record_files
-from medrobust.data.files import DataFile, cache_dir, describe, fetch_all, write_atomically
+from medrobust.data.files import DataFile, cache_dir, describe, fetch_all
 from medrobust.data.splits import check_seed
 from medrobust.data.task import Split, Task, TaskSpec
 from medrobust.errors import CorruptDataError

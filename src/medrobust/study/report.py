@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medrobust.atomic import write_text_atomically
 from medrobust.stats import Summary, paired_ttest, summarize
 from medrobust.study.store import ResultStore
 
@@ -202,13 +201,6 @@ def worst_case_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def build_tables(store_path: str | Path) -> list[Table]:
     """The study's tables from a results store: clean, per attack, worst case over attacks."""
     with ResultStore(store_path) as store:
@@ -238,5 +230,5 @@ def write_report(store_path: str | Path, output: str | Path | None = None) -> li
     paths = [out / "report.md", out / "clean.csv", out / "attacks.csv", out / "worst_case.csv"]
     texts = [markdown, *(table.csv() for table in tables)]
     for path, text in zip(paths, texts, strict=True):
-        _write_atomic(path, text)
+        write_text_atomically(path, text)
     return paths

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medrobust.atomic import write_text_atomically
 from medrobust.attacks import ATTACKS
 from medrobust.data import ensure_files, get_task_spec, load_task
 from medrobust.data.task import Task
@@ -40,13 +39,6 @@ from medrobust.training import FitConfig, fit, load_checkpoint, predict_logits
 logger = logging.getLogger(__name__)
 
 ATTACK_BATCH = 256
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "w") as f:
-        json.dump(payload, f)
-    os.replace(tmp, path)
 
 
 def train_or_load(cell: Cell, task: Task, checkpoints: Path) -> tuple[nn.Module, Any, float]:
@@ -73,13 +65,15 @@ def train_or_load(cell: Cell, task: Task, checkpoints: Path) -> tuple[nn.Module,
         seed=cell.init_seed,
         checkpoint=checkpoint,
     )
-    _write_json_atomic(
+    write_text_atomically(
         sidecar,
-        {
-            "train_seconds": result.train_seconds,
-            "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch,
-        },
+        json.dumps(
+            {
+                "train_seconds": result.train_seconds,
+                "epochs_run": result.epochs_run,
+                "best_epoch": result.best_epoch,
+            }
+        ),
     )
     return model, inputs, result.train_seconds
 
