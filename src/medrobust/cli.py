@@ -28,7 +28,6 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     if args.action != "show" or not args.name:
         print("usage: medrobust tasks [show NAME]", file=sys.stderr)
         return 2
-    get_task_spec(args.name)
     task = load_task(args.name, seed=args.seed)
     print(f"{task.name}: {task.description}")
     domain = f"[{task.domain.low}, {task.domain.high}]"
@@ -38,8 +37,13 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     for split_name, part in task.splits().items():
         counts = part.class_counts(task.num_classes)
         print(f"  {split_name:<5} x{tuple(part.x.shape)} class counts {counts}")
+    harmful = get_task_spec(args.name).harmful_targets
+    if harmful:
+        names = task.class_names
+        misreadings = ", ".join(f"{names[a]} -> {names[b]}" for a, b in harmful.items())
+        print(f"harmful targets (targeted attacks): {misreadings}")
     for key, value in task.metadata.items():
-        if key not in ("files", "checksums"):
+        if key not in ("files", "checksums", "source_files"):
             print(f"  {key}: {value}")
     return 0
 
