@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from medrobust.attacks.masking import MASKING_CHECKS
 from medrobust.cli import main
 from medrobust.errors import DataNotFoundError, StoreError
 from medrobust.study import ResultStore, load_spec, parse_spec, plan_cells, run_study, write_report
@@ -77,6 +78,10 @@ def test_attack_lowers_accuracy_and_report_is_written(data_env: Path, tmp_path: 
     assert "Paired t-test" in report
     assert paths[2].read_text().startswith("task,model,attack,norm,eps,targeted,trials,clean_acc")
     assert "per-example worst case over attacks" in report
+    assert "Gradient-masking flags" in report
+    for cell in cells:
+        if cell["attack"] is None:
+            assert {cell["metrics"][f"masking_{k}"] for k in MASKING_CHECKS} <= {0.0, 1.0}
     with paths[3].open() as f:
         worst = list(csv.DictReader(f))
     assert {(r["task"], r["norm"]) for r in worst} == {

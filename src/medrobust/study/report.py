@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medrobust.atomic import write_text_atomically
+from medrobust.attacks.masking import MASKING_CHECKS
 from medrobust.stats import Summary, paired_ttest, summarize
 from medrobust.study.store import ResultStore
 
@@ -85,9 +86,22 @@ def clean_table(cells: list[dict[str, Any]]) -> Table:
             s = summarize([r[f"clean_{key}"] for r in runs])
             row.append(s.format())
             record.update(_summary_fields(key, s))
+        flags = []
+        for check in MASKING_CHECKS:
+            hits = sum(r.get(f"masking_{check}", 0.0) == 1.0 for r in runs)
+            record[f"masking_{check}_trials"] = hits
+            if hits:
+                flags.append(f"{check.replace('_', ' ')} ({hits}/{len(runs)})")
+        row.append("; ".join(flags) or "none")
         rows.append(tuple(row))
         records.append(record)
-    header = ("Task", "Model", "Trials", *(label for _, label in CLEAN_METRICS))
+    header = (
+        "Task",
+        "Model",
+        "Trials",
+        *(label for _, label in CLEAN_METRICS),
+        "Gradient-masking flags",
+    )
     return Table("Clean test performance (mean ± SD [95% CI] over trials)", header, rows, records)
 
 

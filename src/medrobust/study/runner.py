@@ -20,6 +20,7 @@ from torch import nn
 
 from medrobust.atomic import write_text_atomically
 from medrobust.attacks import ATTACKS
+from medrobust.attacks.masking import masking_checks
 from medrobust.data import ensure_files, get_task_spec, load_task
 from medrobust.data.task import Task
 from medrobust.metrics import (
@@ -98,7 +99,19 @@ def evaluate_cell(
             scores=probabilities(logits).numpy(),
         )
         rows = [ExampleRow(i, int(labels[i]), int(pred[i])) for i in range(len(labels))]
-        return _prefixed("clean", clean.as_dict()), rows
+        metrics = _prefixed("clean", clean.as_dict())
+        if x_test.is_floating_point():  # gradient attacks apply: check for masked gradients
+            rng = np.random.default_rng(derive_seed(cell.split_seed, "masking", cell.trial))
+            probe = np.sort(rng.choice(len(labels), size=min(len(labels), 100), replace=False))
+            flags = masking_checks(
+                model,
+                x_test[probe],
+                y_test[probe].to(x_test.device),
+                task.domain,
+                seed=cell.init_seed,
+            )
+            metrics.update({f"masking_{k}": float(v) for k, v in flags.items()})
+        return metrics, rows
 
     rng = np.random.default_rng(derive_seed(cell.split_seed, "subset", cell.trial))
     harmful = get_task_spec(task.name).harmful_targets if cell.targeted else {}
