@@ -92,7 +92,8 @@ def clean_table(cells: list[dict[str, Any]]) -> Table:
             record[f"masking_{check}_trials"] = hits
             if hits:
                 flags.append(f"{check.replace('_', ' ')} ({hits}/{len(runs)})")
-        row.append("; ".join(flags) or "none")
+        checked = any(f"masking_{MASKING_CHECKS[0]}" in r for r in runs)
+        row.append("; ".join(flags) or ("none" if checked else "not checked (discrete inputs)"))
         rows.append(tuple(row))
         records.append(record)
     header = (
