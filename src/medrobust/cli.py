@@ -51,7 +51,7 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from medrobust.study import CellResult, build_tables, load_spec, run_study, write_report
+    from medrobust.study import CellResult, load_spec, run_study, write_report
 
     spec = load_spec(args.config)
     output = Path(args.output or spec.output)
@@ -70,22 +70,20 @@ def _cmd_study(args: argparse.Namespace) -> int:
         for bar in bars:
             bar.close()
     paths = write_report(store)
-    for table in build_tables(store):
-        print(table.markdown())
+    print(paths[0].read_text(encoding="utf-8"))  # the report's tables, computed once
     print("Wrote " + ", ".join(str(p) for p in [store, *paths]))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from medrobust.study import build_tables, write_report
+    from medrobust.study import write_report
 
     store = Path(args.store)
     if not store.is_file():
         print(f"error: no results store at {store}", file=sys.stderr)
         return 2
     paths = write_report(store, args.output)
-    for table in build_tables(store):
-        print(table.markdown())
+    print(paths[0].read_text(encoding="utf-8"))
     print("Wrote " + ", ".join(str(p) for p in paths))
     return 0
 

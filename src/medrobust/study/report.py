@@ -216,11 +216,14 @@ def worst_case_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
     )
 
 
+def _tables(cells: list[dict[str, Any]], store: ResultStore) -> list[Table]:
+    return [clean_table(cells), attack_table(cells), worst_case_table(cells, store)]
+
+
 def build_tables(store_path: str | Path) -> list[Table]:
     """The study's tables from a results store: clean, per attack, worst case over attacks."""
     with ResultStore(store_path) as store:
-        cells = store.cells()
-        return [clean_table(cells), attack_table(cells), worst_case_table(cells, store)]
+        return _tables(store.cells(), store)
 
 
 def write_report(store_path: str | Path, output: str | Path | None = None) -> list[Path]:
@@ -230,7 +233,7 @@ def write_report(store_path: str | Path, output: str | Path | None = None) -> li
     out.mkdir(parents=True, exist_ok=True)
     with ResultStore(store_path) as store:
         cells, study = store.cells(), store.study() or {}
-    tables = build_tables(store_path)
+        tables = _tables(cells, store)
     train_s = sum({c["cell_id"]: c["train_seconds"] for c in cells if c["attack"] is None}.values())
     lines = [
         f"# medrobust study report: {study.get('name', 'study')}",
