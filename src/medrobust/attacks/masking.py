@@ -8,9 +8,17 @@ Each check returns True when it finds a symptom:
 - ``unbounded_attack_fails``: PGD (100 steps, 3 restarts) with a budget far beyond any
   meaningful one (the domain width, or 10 standard deviations of the inputs where the domain is
   unbounded) still breaks fewer than 95 % of the correctly classified examples, although such an
-  attack can always succeed: gradients mislead the attack, or it is too weak for this model.
+  attack can always succeed: gradients mislead the attack, or it is too weak for this model;
+- ``iterative_weaker_than_single_step``: PGD-10 breaks fewer correctly classified examples than
+  FGSM at the same small budget (3 % of the domain width, or 0.3 standard deviations), although
+  PGD's first step is FGSM's: the loss surface is too rugged for gradients to follow.
 
-A flagged model's robust accuracy is an upper bound until adaptive attacks confirm it.
+Two more symptoms need a study's other cells and are flagged by its report: a transferred attack
+stronger than the white-box one, and the same iterative-vs-single-step comparison at the study's
+own budgets.
+
+A flagged model's robust accuracy is an upper bound until adaptive attacks (EOT, BPDA in
+:mod:`medrobust.attacks.adaptive`) confirm it.
 """
 
 from __future__ import annotations
@@ -20,12 +28,25 @@ import math
 import torch
 from torch import nn
 
-from medrobust.attacks.gradient import PGD
+from medrobust.attacks.gradient import FGSM, PGD
 from medrobust.metrics import predictions
 from medrobust.training import classification_loss
 from medrobust.types import Domain
 
-MASKING_CHECKS = ("randomized_output", "vanishing_gradients", "unbounded_attack_fails")
+MASKING_CHECKS = (
+    "randomized_output",
+    "vanishing_gradients",
+    "unbounded_attack_fails",
+    "iterative_weaker_than_single_step",
+)
+
+
+def _broken_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> float:
+    """Share of the correctly classified examples that ``x_adv`` makes wrong (NaN if none)."""
+    with torch.no_grad():
+        clean = predictions(model(x)) == y
+        broken = predictions(model(x_adv)) != y
+    return float((clean & broken).sum()) / int(clean.sum()) if bool(clean.any()) else math.nan
 
 
 def masking_checks(
@@ -52,18 +73,21 @@ def masking_checks(
         vanishing = bool((~torch.isfinite(grad)).any()) or bool(
             ((grad.abs().amax(dim=1) == 0).float().mean() > 0.5).item()
         )
-        eps = domain.width if domain.bounded else 10.0 * float(x.std())
-        attack = PGD(norm="linf", eps=eps, steps=100, restarts=3, domain=domain, seed=seed)
-        x_adv = attack(model, x, y)
-        with torch.no_grad():
-            clean = predictions(model(x)) == y
-            broken = predictions(model(x_adv)) != y
-        rate = float((clean & broken).sum()) / max(int(clean.sum()), 1)
-        unbounded_fails = bool(clean.any()) and (math.isnan(rate) or rate < 0.95)
+        scale = domain.width if domain.bounded else 10.0 * float(x.std())
+        attack = PGD(norm="linf", eps=scale, steps=100, restarts=3, domain=domain, seed=seed)
+        rate = _broken_share(model, x, y, attack(model, x, y))
+        unbounded_fails = not math.isnan(rate) and rate < 0.95
+        small = 0.03 * scale
+        single = FGSM(norm="linf", eps=small, domain=domain)(model, x, y)
+        iterative = PGD(norm="linf", eps=small, steps=10, domain=domain, seed=seed)(model, x, y)
+        iterative_weaker = _broken_share(model, x, y, iterative) < _broken_share(
+            model, x, y, single
+        )
     finally:
         model.train(was_training)
     return {
         "randomized_output": randomized,
         "vanishing_gradients": vanishing,
         "unbounded_attack_fails": unbounded_fails,
+        "iterative_weaker_than_single_step": iterative_weaker,
     }

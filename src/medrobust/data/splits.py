@@ -102,3 +102,38 @@ def check_seed(seed: object, where: str = "load_task") -> int:
             f"The 'seed' parameter of {where} must be an integer >= 0. Got {seed!r} instead."
         )
     return int(seed)
+
+
+def share_indices(
+    y: np.ndarray, groups: np.ndarray | None, part: int, of: int, seed: int
+) -> np.ndarray:
+    """Indices of the ``part``-th (1-based) of ``of`` disjoint shares of a training split, as the
+    data of one of ``of`` institutions.
+
+    With ``groups`` (patient ids), whole patients go to one share: patients are shuffled (seeded)
+    and each goes to the share with the fewest examples so far, so shares stay near equal in size
+    and no patient is in two. Without groups, examples are split per class (stratified).
+
+    Returns:
+        Sorted int64 indices; the ``of`` shares for the same inputs and seed cover every index once.
+    """
+    if not (isinstance(of, int) and isinstance(part, int) and of >= 2 and 1 <= part <= of):
+        raise ParameterError(
+            f"A training share must be part 1..of of of >= 2 shares. Got part={part!r}, "
+            f"of={of!r} instead."
+        )
+    if groups is None:
+        return stratified_split(y, [1.0] * of, seed)[part - 1]
+    names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if len(names) < of:
+        raise ParameterError(
+            f"Cannot split {len(names)} patients into {of} disjoint shares; use of <= {len(names)}."
+        )
+    order = np.random.default_rng(seed).permutation(len(names))
+    sizes = [0] * of
+    owner = np.empty(len(names), dtype=np.int64)
+    for g in order:
+        share = min(range(of), key=lambda k: (sizes[k], k))
+        owner[g] = share
+        sizes[share] += int(counts[g])
+    return np.flatnonzero(owner[inverse] == part - 1).astype(np.int64)

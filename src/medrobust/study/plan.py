@@ -2,18 +2,19 @@
 
 A cell is (task, model, attack, eps, trial); ``attack = None`` is the clean evaluation of the
 trained model on the whole test split. Cells that share (task, model, trial) share one trained
-model, so the runner groups them by :attr:`Cell.training_key`.
+model, so the runner groups them by :attr:`Cell.training_key`. A transfer cell also names its
+``source``: the surrogate model (of the same task and trial) the examples are crafted on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from medrobust.data import get_task_spec
-from medrobust.study.spec import StudySpec, attack_modalities_ok
+from medrobust.study.spec import ModelEntry, StudySpec, attack_modalities_ok
 
 
 def derive_seed(*parts: Any) -> int:
@@ -45,6 +46,10 @@ class Cell:
     max_attack_examples: int
     device: str
     targeted: bool = False
+    model_label: str = ""
+    train_share: list[int] | None = None
+    source: dict[str, Any] | None = None
+    eot: int = 1
 
     @property
     def training_key(self) -> str:
@@ -57,7 +62,25 @@ class Cell:
                 self.training,
                 self.split_seed,
                 self.init_seed,
+                self.train_share,
             ]
+        )
+
+    def source_cell(self) -> Cell:
+        """The clean cell of this transfer cell's surrogate model (same task, trial, split)."""
+        if self.source is None:
+            raise ValueError(f"{self.label} is not a transfer cell.")
+        return replace(
+            self,
+            **self.source,
+            attack=None,
+            norm=None,
+            eps=None,
+            attack_params={},
+            attack_seed=0,
+            targeted=False,
+            source=None,
+            eot=1,
         )
 
     @property
@@ -73,11 +96,23 @@ class Cell:
         what = "clean" if self.attack is None else f"{self.attack}-{self.norm} eps={self.eps:g}"
         if self.targeted:
             what += " targeted"
-        return f"{self.task}/{self.model}/{what}/trial {self.trial}"
+        if self.source is not None:
+            what += f" from {self.source['model_label']}"
+        return f"{self.task}/{self.model_label or self.model}/{what}/trial {self.trial}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict form."""
         return asdict(self)
+
+
+def _model_fields(spec: StudySpec, task: str, model: ModelEntry, trial: int) -> dict[str, Any]:
+    """The fields of a cell that identify its trained model."""
+    entry = model.to_dict()
+    renamed = {"name": "model", "label": "model_label", "params": "model_params"}
+    return {
+        **{renamed.get(key, key): value for key, value in entry.items()},
+        "init_seed": derive_seed(spec.seed, "init", task, model.label, trial),
+    }
 
 
 def plan_cells(spec: StudySpec) -> list[Cell]:
@@ -87,20 +122,15 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
         task_spec = get_task_spec(task.name)
         modality = task_spec.modality.value
         for model in task.models:
-            training = dict(vars(model.training))
             for trial in range(spec.trials):
                 split_seed = derive_seed(spec.seed, "split", task.name, trial)
                 if not task_spec.resplits:
                     split_seed = 0
-                init_seed = derive_seed(spec.seed, "init", task.name, model.name, trial)
                 common: dict[str, Any] = {
                     "task": task.name,
-                    "model": model.name,
-                    "model_params": dict(model.params),
-                    "training": training,
+                    **_model_fields(spec, task.name, model, trial),
                     "trial": trial,
                     "split_seed": split_seed,
-                    "init_seed": init_seed,
                     "max_attack_examples": spec.max_attack_examples,
                     "device": spec.device,
                 }
@@ -114,19 +144,36 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
                         continue
                     if attack.targeted and not task_spec.harmful_targets:
                         continue
-                    for eps in attack.eps_for(task.name, modality):
-                        attack_seed = derive_seed(
-                            spec.seed, "attack", task.name, model.name, attack.name, eps, trial
-                        )
-                        cells.append(
-                            Cell(
-                                **common,
-                                attack=attack.name,
-                                norm=attack.norm,
-                                eps=eps,
-                                attack_params=dict(attack.params),
-                                attack_seed=attack_seed,
-                                targeted=attack.targeted,
+                    sources: list[dict[str, Any] | None] = [None]
+                    if attack.transfer:
+                        sources = [
+                            _model_fields(spec, task.name, other, trial)
+                            for other in task.models
+                            if other.label != model.label
+                        ]
+                    for source in sources:
+                        for eps in attack.eps_for(task.name, modality):
+                            attack_seed = derive_seed(
+                                spec.seed,
+                                "attack",
+                                task.name,
+                                model.name,
+                                attack.name,
+                                eps,
+                                trial,
+                                *([] if source is None else [source["model_label"]]),
                             )
-                        )
+                            cells.append(
+                                Cell(
+                                    **common,
+                                    attack=attack.name,
+                                    norm=attack.norm,
+                                    eps=eps,
+                                    attack_params=dict(attack.params),
+                                    attack_seed=attack_seed,
+                                    targeted=attack.targeted,
+                                    source=source,
+                                    eot=attack.eot,
+                                )
+                            )
     return cells

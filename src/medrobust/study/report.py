@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,25 @@ ATTACK_METRICS = (
     ("adv_accuracy", "Attacked acc."),
     ("success_rate", "Success rate"),
     ("target_success_rate", "Reached harmful target"),
+    ("success_rate_positive", "Disease read as healthy"),
+    ("success_rate_negative", "Healthy read as disease"),
     ("adv_sensitivity", "Sensitivity (attacked)"),
     ("adv_specificity", "Specificity (attacked)"),
 )
+# A stronger attack must beat a weaker one by more than this (in mean success rate over trials)
+# before the report calls it a symptom of gradient masking; smaller gaps are sampling noise.
+MASKING_MARGIN = 0.02
+
+
+def model_name(cell: dict[str, Any]) -> str:
+    """The model's label in the results (its registry name unless the config gave a label)."""
+    return str(cell.get("model_label") or cell["model"])
+
+
+def attack_name(cell: dict[str, Any]) -> str:
+    """The attack's name in the results; transfer attacks name their surrogate."""
+    source = cell.get("source")
+    return cell["attack"] if source is None else f"{cell['attack']} from {source['model_label']}"
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,7 @@ def clean_table(cells: list[dict[str, Any]]) -> Table:
     groups: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
     for c in cells:
         if c["attack"] is None:
-            groups[(c["task"], c["model"])].append(c["metrics"])
+            groups[(c["task"], model_name(c))].append(c["metrics"])
     rows, records = [], []
     for (task, model), runs in sorted(groups.items()):
         row = [task, model, str(len(runs))]
@@ -106,16 +123,57 @@ def clean_table(cells: list[dict[str, Any]]) -> Table:
     return Table("Clean test performance (mean ± SD [95% CI] over trials)", header, rows, records)
 
 
+def _success_by_config(
+    cells: list[dict[str, Any]],
+) -> dict[tuple[str, str, str, str, float, bool], float]:
+    """Mean success rate over trials per (task, model, attack label, norm, eps, targeted)."""
+    rates: dict[tuple[str, str, str, str, float, bool], list[float]] = defaultdict(list)
+    for c in cells:
+        if c["attack"] is not None:
+            key = (c["task"], model_name(c), attack_name(c), c["norm"], c["eps"], c["targeted"])
+            rates[key].append(c["metrics"]["success_rate"])
+    return {key: summarize(values).mean for key, values in rates.items()}
+
+
+def study_masking_flags(
+    cells: list[dict[str, Any]],
+) -> dict[tuple[str, str, str, str, float, bool], list[str]]:
+    """Gradient-masking symptoms that need two attacks' cells, per white-box attack row.
+
+    - ``weaker than FGSM``: PGD's mean success rate is below FGSM's at the same norm and eps
+      (PGD's first step is FGSM's step, so a working gradient cannot make it weaker);
+    - ``transfer from X stronger``: examples crafted on surrogate X break this model more often
+      than the white-box attack with the same settings does.
+    """
+    rates = _success_by_config(cells)
+    flags: dict[tuple[str, str, str, str, float, bool], list[str]] = defaultdict(list)
+    for (task, model, attack, norm, eps, targeted), rate in rates.items():
+        if attack == "pgd":
+            single = rates.get((task, model, "fgsm", norm, eps, targeted))
+            if single is not None and rate < single - MASKING_MARGIN:
+                flags[(task, model, attack, norm, eps, targeted)].append("weaker than FGSM")
+        if " from " in attack:
+            white_box_attack, source = attack.split(" from ", 1)
+            key = (task, model, white_box_attack, norm, eps, targeted)
+            white_box = rates.get(key)
+            if white_box is not None and rate > white_box + MASKING_MARGIN:
+                flags[key].append(f"transfer from {source} stronger")
+    return flags
+
+
 def attack_table(cells: list[dict[str, Any]]) -> Table:
-    """Attacked performance per task x model x attack x eps, with a paired t-test."""
+    """Attacked performance per task x model x attack x eps, with a paired t-test and the
+    gradient-masking symptoms found by comparing attacks."""
     groups: dict[tuple[str, str, str, str, float, bool], list[dict[str, float]]]
     groups = defaultdict(list)
     for c in cells:
         if c["attack"] is not None:
-            group = (c["task"], c["model"], c["attack"], c["norm"], c["eps"], c["targeted"])
+            group = (c["task"], model_name(c), attack_name(c), c["norm"], c["eps"], c["targeted"])
             groups[group].append(c["metrics"])
+    flags = study_masking_flags(cells)
     rows, records = [], []
-    for (task, model, attack, norm, eps, targeted), runs in sorted(groups.items()):
+    for key, runs in sorted(groups.items()):
+        task, model, attack, norm, eps, targeted = key
         label = f"{attack} ({norm}{', targeted' if targeted else ''})"
         row = [task, model, label, f"{eps:g}", str(len(runs))]
         record: dict[str, Any] = {
@@ -127,13 +185,16 @@ def attack_table(cells: list[dict[str, Any]]) -> Table:
             "targeted": targeted,
             "trials": len(runs),
         }
-        for key, _ in ATTACK_METRICS:
-            s = summarize([r[key] for r in runs])
+        for metric, _ in ATTACK_METRICS:
+            s = summarize([r.get(metric, math.nan) for r in runs])
             row.append(s.format())
-            record.update(_summary_fields(key, s))
+            record.update(_summary_fields(metric, s))
         test = paired_ttest([r["clean_accuracy"] for r in runs], [r["adv_accuracy"] for r in runs])
         row.append(test.format())
-        record.update({"paired_t": test.t, "paired_p": test.p})
+        row.append("; ".join(flags.get(key, [])) or "none")
+        record.update(
+            {"paired_t": test.t, "paired_p": test.p, "masking_flags": "; ".join(flags.get(key, []))}
+        )
         rows.append(tuple(row))
         records.append(record)
     header = (
@@ -144,8 +205,62 @@ def attack_table(cells: list[dict[str, Any]]) -> Table:
         "Trials",
         *(label for _, label in ATTACK_METRICS),
         "Paired t-test clean vs attacked acc.",
+        "Gradient-masking flags",
     )
     return Table("Accuracy under attack (mean ± SD [95% CI] over trials)", header, rows, records)
+
+
+def transfer_matrices(cells: list[dict[str, Any]]) -> list[Table]:
+    """One transfer matrix per task and attack setting: the success rate of examples crafted on
+    the row's model against the column's model; the diagonal is the white-box attack.
+
+    Each table's records hold the long form (one record per source and target) for CSV.
+    """
+    configs: dict[tuple[str, str, str, float, bool], dict[tuple[str, str], list[float]]]
+    configs = defaultdict(lambda: defaultdict(list))
+    for c in cells:
+        if c["attack"] is None:
+            continue
+        source = c.get("source")
+        target = model_name(c)
+        origin = target if source is None else str(source["model_label"])
+        key = (c["task"], c["attack"], c["norm"], c["eps"], c["targeted"])
+        configs[key][(origin, target)].append(c["metrics"]["success_rate"])
+    tables = []
+    for key, pairs in sorted(configs.items()):
+        if all(origin == target for origin, target in pairs):
+            continue  # no transfer cells for this attack
+        task, attack, norm, eps, targeted = key
+        models = sorted({m for pair in pairs for m in pair})
+        rows: list[tuple[str, ...]] = []
+        records: list[dict[str, Any]] = []
+        for origin in models:
+            row = [origin]
+            for target in models:
+                s = summarize(pairs.get((origin, target), []))
+                row.append(s.format(2) if s.n else "—")
+                if s.n:
+                    kind = "white-box" if origin == target else "transfer"
+                    records.append(
+                        {
+                            "task": task,
+                            "attack": attack,
+                            "norm": norm,
+                            "eps": eps,
+                            "targeted": targeted,
+                            "source": origin,
+                            "target": target,
+                            "kind": kind,
+                            **_summary_fields("success_rate", s),
+                        }
+                    )
+            rows.append(tuple(row))
+        title = (
+            f"Transfer matrix, {task}: {attack} ({norm}{', targeted' if targeted else ''}) "
+            f"eps={eps:g}; success rate, crafted on the row's model, evaluated on the column's"
+        )
+        tables.append(Table(title, ("Crafted on \\ evaluated on", *models), rows, records))
+    return tables
 
 
 def worst_case_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
@@ -159,11 +274,11 @@ def worst_case_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
     )
     for c in cells:
         if c["attack"] is not None and not c["targeted"]:  # targeted cells see other examples
-            groups[(c["task"], c["model"], c["norm"], c["eps"])][c["trial"]].append(c)
+            groups[(c["task"], model_name(c), c["norm"], c["eps"])][c["trial"]].append(c)
     rows: list[tuple[str, ...]] = []
     records: list[dict[str, Any]] = []
     for (task, model, norm, eps), trials in sorted(groups.items()):
-        attacks = sorted({c["attack"] for runs in trials.values() for c in runs})
+        attacks = sorted({attack_name(c) for runs in trials.values() for c in runs})
         worst, best_single = [], []
         for runs in trials.values():
             robust: dict[int, bool] = {}
@@ -221,19 +336,23 @@ def _tables(cells: list[dict[str, Any]], store: ResultStore) -> list[Table]:
 
 
 def build_tables(store_path: str | Path) -> list[Table]:
-    """The study's tables from a results store: clean, per attack, worst case over attacks."""
+    """The study's tables from a results store: clean, per attack, worst case over attacks, and
+    the transfer matrices."""
     with ResultStore(store_path) as store:
-        return _tables(store.cells(), store)
+        cells = store.cells()
+        return _tables(cells, store) + transfer_matrices(cells)
 
 
 def write_report(store_path: str | Path, output: str | Path | None = None) -> list[Path]:
-    """Write ``report.md``, ``clean.csv``, ``attacks.csv`` and ``worst_case.csv`` beside the
-    store or in ``output``."""
+    """Write ``report.md``, ``clean.csv``, ``attacks.csv``, ``worst_case.csv`` and
+    ``transfer.csv`` beside the store or in ``output``."""
     out = Path(output) if output is not None else Path(store_path).parent
     out.mkdir(parents=True, exist_ok=True)
     with ResultStore(store_path) as store:
         cells, study = store.cells(), store.study() or {}
         tables = _tables(cells, store)
+    matrices = transfer_matrices(cells)
+    transfer = Table("", (), [], [r for m in matrices for r in m.records])
     train_s = sum({c["cell_id"]: c["train_seconds"] for c in cells if c["attack"] is None}.values())
     lines = [
         f"# medrobust study report: {study.get('name', 'study')}",
@@ -244,9 +363,15 @@ def write_report(store_path: str | Path, output: str | Path | None = None) -> li
         "Sensitivity, specificity, FNR and FPR are for each task's declared positive class.",
         "",
     ]
-    markdown = "\n".join(lines) + "\n".join(t.markdown() + "\n" for t in tables)
-    paths = [out / "report.md", out / "clean.csv", out / "attacks.csv", out / "worst_case.csv"]
-    texts = [markdown, *(table.csv() for table in tables)]
+    markdown = "\n".join(lines) + "\n".join(t.markdown() + "\n" for t in tables + matrices)
+    paths = [
+        out / "report.md",
+        out / "clean.csv",
+        out / "attacks.csv",
+        out / "worst_case.csv",
+        out / "transfer.csv",
+    ]
+    texts = [markdown, *(table.csv() for table in [*tables, transfer])]
     for path, text in zip(paths, texts, strict=True):
         write_text_atomically(path, text)
     return paths

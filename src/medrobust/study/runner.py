@@ -20,9 +20,12 @@ from torch import nn
 
 from medrobust.atomic import write_text_atomically
 from medrobust.attacks import ATTACKS
+from medrobust.attacks.adaptive import EOT
 from medrobust.attacks.masking import masking_checks
 from medrobust.data import ensure_files, get_task_spec, load_task
+from medrobust.data.splits import share_indices
 from medrobust.data.task import Task
+from medrobust.errors import ConfigError
 from medrobust.metrics import (
     clinical_metrics,
     perturbation_norms,
@@ -31,7 +34,7 @@ from medrobust.metrics import (
     success_rate,
     target_success_rate,
 )
-from medrobust.models import build_model, prepare_inputs
+from medrobust.models import TensorSplits, build_model, prepare_inputs
 from medrobust.study.plan import Cell, derive_seed, plan_cells
 from medrobust.study.spec import StudySpec
 from medrobust.study.store import CellResult, ExampleRow, ResultStore
@@ -42,8 +45,13 @@ logger = logging.getLogger(__name__)
 ATTACK_BATCH = 256
 
 
-def train_or_load(cell: Cell, task: Task, checkpoints: Path) -> tuple[nn.Module, Any, float]:
+def train_or_load(
+    cell: Cell, task: Task, checkpoints: Path
+) -> tuple[nn.Module, TensorSplits, float]:
     """The trained model of ``cell`` (from its checkpoint if an earlier run saved one).
+
+    A cell with a ``train_share`` trains on that share of the training split only (the model of
+    another institution); validation and test splits are the task's.
 
     Returns the model, its input tensors and the training time in seconds.
     """
@@ -56,10 +64,17 @@ def train_or_load(cell: Cell, task: Task, checkpoints: Path) -> tuple[nn.Module,
         load_checkpoint(model, checkpoint)
         model.to(cell.device).eval()
         return model, inputs, float(json.loads(sidecar.read_text())["train_seconds"])
+    x_train, y_train = inputs.x["train"], inputs.y["train"]
+    if cell.train_share is not None:
+        part, of = cell.train_share
+        rows = torch.from_numpy(
+            share_indices(task.train.y, task.train.groups, part, of, cell.split_seed)
+        )
+        x_train, y_train = x_train[rows], y_train[rows]
     result = fit(
         model,
-        inputs.x["train"],
-        inputs.y["train"],
+        x_train,
+        y_train,
         inputs.x["val"],
         inputs.y["val"],
         config=FitConfig(**cell.training),
@@ -83,10 +98,30 @@ def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}_{k}": v for k, v in values.items()}
 
 
+def _flip_rates(
+    y: np.ndarray, clean_pred: np.ndarray, adv_pred: np.ndarray, positive: int
+) -> dict[str, float]:
+    """For a binary task, the success rate on each true class: correctly detected disease made
+    to read healthy (a missed detection) and correctly cleared cases made to raise an alarm."""
+    pos = y == positive
+    return {
+        "success_rate_positive": success_rate(y[pos], clean_pred[pos], adv_pred[pos]),
+        "success_rate_negative": success_rate(y[~pos], clean_pred[~pos], adv_pred[~pos]),
+    }
+
+
 def evaluate_cell(
-    cell: Cell, task: Task, model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor
-) -> tuple[dict[str, float], list[ExampleRow]]:
-    """Metrics and example rows of one cell on the test split."""
+    cell: Cell,
+    task: Task,
+    model: nn.Module,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    surrogate: nn.Module | None = None,
+) -> tuple[dict[str, float], list[ExampleRow], dict[str, Any]]:
+    """Metrics, example rows and the attack's resolved parameters of one cell on the test split.
+
+    A transfer cell crafts its examples on ``surrogate`` and evaluates them on ``model``.
+    """
     labels = y_test.numpy()
     if cell.attack is None:
         logits = predict_logits(model, x_test)
@@ -111,7 +146,7 @@ def evaluate_cell(
                 seed=cell.init_seed,
             )
             metrics.update({f"masking_{k}": float(v) for k, v in flags.items()})
-        return metrics, rows
+        return metrics, rows, {}
 
     rng = np.random.default_rng(derive_seed(cell.split_seed, "subset", cell.trial))
     harmful = get_task_spec(task.name).harmful_targets if cell.targeted else {}
@@ -129,11 +164,14 @@ def evaluate_cell(
         seed=cell.attack_seed,
         **cell.attack_params,
     )
+    crafter = model if surrogate is None else surrogate
+    if cell.eot > 1:
+        crafter = EOT(crafter, samples=cell.eot)
     clean_pred = predictions(predict_logits(model, x)).numpy()
     adversarial = torch.cat(
         [
             attack(
-                model,
+                crafter,
                 x[i : i + ATTACK_BATCH],
                 y[i : i + ATTACK_BATCH],
                 target=None if target is None else target[i : i + ATTACK_BATCH],
@@ -172,6 +210,8 @@ def evaluate_cell(
         "mean_linf": float(norms["linf"].mean()),
         "mean_l2": float(norms["l2"].mean()),
     }
+    if classes == 2:
+        metrics.update(_flip_rates(y.numpy(), clean_pred, adv_pred, positive))
     rows = [
         ExampleRow(
             int(subset[i]),
@@ -183,21 +223,40 @@ def evaluate_cell(
         )
         for i in range(len(subset))
     ]
-    return metrics, rows
+    return metrics, rows, attack.params()
 
 
 def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResult]:
-    """Train (or load) the model shared by ``cells`` and evaluate each; yields finished cells."""
+    """Train (or load) the model shared by ``cells`` and evaluate each; yields finished cells.
+
+    Surrogates of transfer cells are trained (or loaded from their checkpoints) on first use.
+    """
     parsed = [Cell(**c) for c in cells]
     first = parsed[0]
+    checkpoints = Path(output) / "checkpoints"
     task = load_task(first.task, seed=first.split_seed)
-    model, inputs, train_seconds = train_or_load(first, task, Path(output) / "checkpoints")
+    model, inputs, train_seconds = train_or_load(first, task, checkpoints)
     x_test, y_test = inputs.x["test"].to(first.device), inputs.y["test"]
+    surrogates: dict[str, nn.Module] = {}
     for cell in parsed:
         start = time.perf_counter()
-        metrics, rows = evaluate_cell(cell, task, model, x_test, y_test)
+        surrogate = None
+        if cell.source is not None:
+            source = cell.source_cell()
+            if source.training_key not in surrogates:
+                trained, source_inputs, _ = train_or_load(source, task, checkpoints)
+                if not torch.equal(source_inputs.x["test"], inputs.x["test"]):
+                    raise ConfigError(
+                        f"{cell.label}: a transfer attack needs a surrogate that reads the same "
+                        f"inputs; {source.model_label!r} and {cell.model_label!r} encode the test "
+                        "split differently (for text: give both the same vocabulary settings)."
+                    )
+                surrogates[source.training_key] = trained
+            surrogate = surrogates[source.training_key]
+        metrics, rows, attack_config = evaluate_cell(cell, task, model, x_test, y_test, surrogate)
+        record = cell.to_dict() | ({"attack_config": attack_config} if attack_config else {})
         yield CellResult(
-            cell.cell_id, cell.to_dict(), metrics, rows, train_seconds, time.perf_counter() - start
+            cell.cell_id, record, metrics, rows, train_seconds, time.perf_counter() - start
         )
 
 

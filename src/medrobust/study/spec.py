@@ -19,6 +19,22 @@ Example (TOML)::
     norm = "linf"
     params = { steps = 10 }
     eps = { image = [0.0078, 0.0314], tabular = [0.1] }   # by task name or by modality
+
+Transfer attacks need two or more models on a task: another architecture, or the same one trained
+on a disjoint share of the training data (another "institution")::
+
+    [[tasks]]
+    name = "breastmnist"
+    models = [
+        "small_cnn",
+        "resnet",
+        { name = "small_cnn", label = "small_cnn@site2", train_share = [2, 2] },
+    ]
+
+    [[attacks]]
+    name = "pgd"
+    transfer = true       # craft on each other model of the task, evaluate on this one
+    eps = { image = [0.0157] }
 """
 
 from __future__ import annotations
@@ -57,11 +73,38 @@ def _expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) ->
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model to train on a task: registry name, constructor params and training config."""
+    """One model to train on a task.
+
+    Attributes:
+        name: registry name of the architecture.
+        params: constructor params.
+        training: training config.
+        train_share: ``(part, of)``: train on the ``part``-th of ``of`` disjoint shares of the
+            training split (split by patient where the task has patient ids), as a model of
+            another institution would be; ``None`` trains on the whole split.
+        label: the model's name in the results; unique within its task.
+    """
 
     name: str
     params: Mapping[str, Any] = field(default_factory=dict)
     training: FitConfig = field(default_factory=FitConfig)
+    train_share: tuple[int, int] | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            share = "" if self.train_share is None else "@share{}of{}".format(*self.train_share)
+            object.__setattr__(self, "label", self.name + share)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict form (stored with the results)."""
+        return {
+            "name": self.name,
+            "label": self.label,
+            "params": dict(self.params),
+            "training": dict(vars(self.training)),
+            "train_share": None if self.train_share is None else list(self.train_share),
+        }
 
 
 @dataclass(frozen=True)
@@ -78,6 +121,9 @@ class AttackEntry:
 
     A targeted entry aims each example at its task's clinically harmful misreading
     (``TaskSpec.harmful_targets``, e.g. malignant -> benign) and runs on tasks that declare one.
+    A transfer entry crafts the examples on each other model of the task (the surrogate) and
+    evaluates them on the attacked model; it runs on tasks with two or more models.
+    ``eot`` > 1 attacks the expectation over that many forward passes (for randomized models).
     """
 
     name: str
@@ -85,6 +131,8 @@ class AttackEntry:
     params: Mapping[str, Any]
     eps: Mapping[str, tuple[float, ...]]
     targeted: bool = False
+    transfer: bool = False
+    eot: int = 1
 
     def eps_for(self, task_name: str, modality: str) -> tuple[float, ...]:
         """The eps values for a task: its own entry, else its modality's, else ``all``."""
@@ -119,10 +167,7 @@ class StudySpec:
             "tasks": [
                 {
                     "name": t.name,
-                    "models": [
-                        {"name": m.name, "params": dict(m.params), "training": vars(m.training)}
-                        for m in t.models
-                    ],
+                    "models": [m.to_dict() for m in t.models],
                 }
                 for t in self.tasks
             ],
@@ -133,6 +178,8 @@ class StudySpec:
                     "params": dict(a.params),
                     "eps": {k: list(v) for k, v in a.eps.items()},
                     "targeted": a.targeted,
+                    "transfer": a.transfer,
+                    "eot": a.eot,
                 }
                 for a in self.attacks
             ],
@@ -157,14 +204,36 @@ def _parse_model(where: str, raw: Any, task_training: Any, kind: TaskKind) -> Mo
     if isinstance(raw, str):
         raw = {"name": raw}
     raw = _expect(where, raw, dict, "a model name or a table with 'name'")
-    _check_keys(where, raw, {"name", "params", "training"})
+    _check_keys(where, raw, {"name", "params", "training", "train_share", "label"})
     name = _expect(f"{where}.name", raw.get("name"), str, "a model name")
     spec = MODELS.get(name)
     if kind not in spec.kinds:
         raise ConfigError(f"{where}: the model {name!r} does not serve {kind.value} tasks.")
     params = dict(_expect(f"{where}.params", raw.get("params", {}), dict, "a table"))
     training = {**dict(task_training or {}), **dict(raw.get("training", {}))}
-    return ModelEntry(name, params, _parse_training(f"{where}.training", training, kind))
+    share = _parse_share(f"{where}.train_share", raw.get("train_share"))
+    label = _expect(f"{where}.label", raw.get("label", ""), str, "a string")
+    return ModelEntry(
+        name, params, _parse_training(f"{where}.training", training, kind), share, label
+    )
+
+
+def _parse_share(where: str, raw: Any) -> tuple[int, int] | None:
+    if raw is None:
+        return None
+    ok = (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+        and 2 <= raw[1] <= 100
+        and 1 <= raw[0] <= raw[1]
+    )
+    if not ok:
+        raise ConfigError(
+            f"{where} must be [part, of] with 2 <= of <= 100 and 1 <= part <= of, e.g. [1, 2] "
+            f"for the first half of the training split. Got {raw!r} instead."
+        )
+    return (raw[0], raw[1])
 
 
 def _parse_task(where: str, raw: Any) -> TaskEntry:
@@ -185,6 +254,12 @@ def _parse_task(where: str, raw: Any) -> TaskEntry:
                 f"{where}: the model {entry.name!r} does not accept "
                 f"{task_spec.modality.value} inputs of task {name!r}."
             )
+    labels = [m.label for m in models]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(
+            f"{where}: each model of a task needs its own label; give repeated architectures a "
+            f"'label' (or a different 'train_share'). Got labels {labels}."
+        )
     return TaskEntry(name, models)
 
 
@@ -204,8 +279,12 @@ def _parse_eps(where: str, raw: Any) -> dict[str, tuple[float, ...]]:
 
 def _parse_attack(where: str, raw: Any) -> AttackEntry:
     raw = _expect(where, raw, dict, "a table with 'name' and 'eps'")
-    _check_keys(where, raw, {"name", "norm", "params", "eps", "targeted"})
+    _check_keys(where, raw, {"name", "norm", "params", "eps", "targeted", "transfer", "eot"})
     targeted = _expect(f"{where}.targeted", raw.get("targeted", False), bool, "true or false")
+    transfer = _expect(f"{where}.transfer", raw.get("transfer", False), bool, "true or false")
+    eot = _expect(f"{where}.eot", raw.get("eot", 1), int, "an integer from 1 to 1000")
+    if not 1 <= eot <= 1000:
+        raise ConfigError(f"{where}.eot must be an integer from 1 to 1000. Got {eot} instead.")
     name = _expect(f"{where}.name", raw.get("name"), str, "an attack name")
     ATTACKS.get(name)
     norm = str(raw.get("norm", "linf"))
@@ -218,7 +297,7 @@ def _parse_attack(where: str, raw: Any) -> AttackEntry:
         AttackEntry(name, norm, params, eps),
         [value for values in eps.values() for value in values],
     )
-    return AttackEntry(name, norm, params, eps, targeted)
+    return AttackEntry(name, norm, params, eps, targeted, transfer, eot)
 
 
 def _check_attack(
