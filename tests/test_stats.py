@@ -61,6 +61,7 @@ def test_summary_against_reference(values: list[float], confidence: float):
 def test_summary_edge_cases():
     empty = summarize([])
     assert empty.n == 0 and math.isnan(empty.mean) and empty.format() == "n/a"
+    assert summarize([0.25]).format() == "0.250 (1 trial)"
     one = summarize([0.7])
     assert (one.n, one.mean) == (1, 0.7)
     assert math.isnan(one.sd) and math.isnan(one.ci_low) and math.isnan(one.ci_high)

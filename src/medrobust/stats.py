@@ -26,9 +26,11 @@ class Summary:
     ci_high: float
 
     def format(self, digits: int = 3) -> str:
-        """``mean ± sd [low, high]``."""
+        """``mean ± sd [low, high]``; one value has no spread: ``mean (1 trial)``."""
         if self.n == 0:
             return "n/a"
+        if self.n == 1:
+            return f"{self.mean:.{digits}f} (1 trial)"
         return (
             f"{self.mean:.{digits}f} ± {self.sd:.{digits}f} "
             f"[{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"

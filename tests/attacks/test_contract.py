@@ -1,10 +1,16 @@
 """The evasion-attack contract, checked for every registered attack, every norm it supports and a
-small trained model of each continuous modality (in the spirit of scikit-learn's common checks).
+small trained model of each modality it serves (in the spirit of scikit-learn's common checks).
 
 Models (trained once per session, see ``tests/conftest.py``): a CNN on BreastMNIST images in
 [0, 1]; a GRU and a 1D CNN on ECG5000 beats; an MLP (two logits and one logit) on the Wisconsin
-features; the convolutional autoencoder detector on ECG5000 anomalies (one logit). Each is attacked
+features; the convolutional autoencoder detector on ECG5000 anomalies (one logit); a Transformer on
+Medical Abstracts token ids (the text attacks: embedding FGSM/PGD and HotFlip). Each is attacked
 on its first 100 test examples at a budget where it really loses accuracy.
+
+What an attack returns depends on its kind: continuous attacks return inputs like ``x``, HotFlip
+returns token ids like ``x``, the embedding attacks return (N, L, dim) embeddings. The suite
+scores and measures every output through ``Attack.adversarial_logits`` and
+``Attack.perturbation_sizes``, and checks those against independent computations.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 from medrobust.attacks import ATTACKS, Attack, project
+from medrobust.data import get_task_spec
 from medrobust.errors import InputError, ParameterError
 from medrobust.metrics import perturbation_norms, predictions, success_rate
+from medrobust.models.text import PAD_ID, SPECIAL_TOKENS
 from medrobust.training import classification_loss, predict_logits
 from medrobust.types import UNBOUNDED, UNIT_INTERVAL, Domain, Norm, ThreatModel
-from tests.conftest import Trained
+from tests.conftest import RECIPES, Trained
 
 # Hyperparameters each registered attack gets in this suite. A new attack must be added here (and
 # to the tables below); test_every_registered_attack_is_in_the_suite fails until it is.
@@ -34,19 +42,53 @@ SUITE_PARAMS: dict[str, dict[str, Any]] = {
     "fgsm": {},
     "pgd": {"steps": 10},
     "jsma": {"candidates": 64},
+    "embedding_fgsm": {},
+    "embedding_pgd": {"steps": 10},
+    "hotflip": {"candidates": 8},
 }
 # Per-model overrides: JSMA's full-range pixel jumps (theta = 1) step far outside the region where
 # the CNN's gradients predict its output, so images get smaller steps.
 MODEL_PARAMS: dict[tuple[str, str], dict[str, Any]] = {("jsma", "cnn"): {"theta": 0.3}}
 # Whether the attack's seed changes its output (random starts, sampling).
-RANDOMIZED = {"fgsm": False, "pgd": True, "jsma": False}
+RANDOMIZED = {
+    "fgsm": False,
+    "pgd": True,
+    "jsma": False,
+    "embedding_fgsm": False,
+    "embedding_pgd": True,
+    "hotflip": False,
+}
 # Smallest success rate on originally correct points at the budgets below (a single gradient step
 # is weaker than an iterative attack, hence two floors), and smallest share of points pushed to a
 # chosen target class in targeted mode.
 # Whether the attack descends the cross-entropy of the target (JSMA works on the logits instead).
-MINIMISES_LOSS = {"fgsm": True, "pgd": True, "jsma": False}
-MIN_SUCCESS = {"fgsm": 0.15, "pgd": 0.35, "jsma": 0.1}
-MIN_TARGETED = {"fgsm": 0.0, "pgd": 0.3, "jsma": 0.0}
+MINIMISES_LOSS = {
+    "fgsm": True,
+    "pgd": True,
+    "jsma": False,
+    "embedding_fgsm": True,
+    "embedding_pgd": True,
+    "hotflip": True,
+}
+# Text attacks on the Transformer measured (first 100 test abstracts, seed 0): embedding FGSM 0.45
+# (L-inf 0.1) and 0.52 (L2 5); embedding PGD 0.52 and 0.73; HotFlip 0.59 (2 % of the tokens,
+# 1-2 words). Targeted: embedding PGD 0.20 / 0.46, HotFlip 0.49.
+MIN_SUCCESS = {
+    "fgsm": 0.15,
+    "pgd": 0.35,
+    "jsma": 0.1,
+    "embedding_fgsm": 0.25,
+    "embedding_pgd": 0.3,
+    "hotflip": 0.3,
+}
+MIN_TARGETED = {
+    "fgsm": 0.0,
+    "pgd": 0.3,
+    "jsma": 0.0,
+    "embedding_fgsm": 0.0,
+    "embedding_pgd": 0.1,
+    "hotflip": 0.25,
+}
 # Hyperparameters that each attack rejects, beyond the base class's, with the documented message.
 BAD_PARAMS: dict[str, list[tuple[dict[str, Any], str]]] = {
     "fgsm": [],
@@ -63,6 +105,21 @@ BAD_PARAMS: dict[str, list[tuple[dict[str, Any], str]]] = {
         ({"step_size": -0.1}, r"The 'step_size' parameter of PGD must be a number >= 0\."),
         ({"step_size": math.nan}, r"The 'step_size' parameter of PGD must be a number >= 0\."),
     ],
+    "embedding_fgsm": [],
+    "embedding_pgd": [
+        ({"steps": 0}, r"The 'steps' parameter of EmbeddingPGD must be an integer >= 1\. Got 0"),
+        ({"restarts": 1.5}, r"The 'restarts' parameter of EmbeddingPGD must be an integer >= 1"),
+        ({"step_size": -1}, r"The 'step_size' parameter of EmbeddingPGD must be a number >= 0"),
+    ],
+    "hotflip": [
+        ({"candidates": 0}, r"The 'candidates' parameter of HotFlip must be an integer >= 1\. "),
+        ({"max_tokens": -1}, r"The 'max_tokens' parameter of HotFlip must be an integer >= 0\."),
+        ({"max_tokens": 2.0}, r"The 'max_tokens' parameter of HotFlip must be an integer >= 0"),
+        ({"max_memory_mb": 0.5}, r"The 'max_memory_mb' parameter of HotFlip must be a number >="),
+        ({"special_ids": [0, -1]}, r"'special_ids' parameter of HotFlip must be a sequence of in"),
+        ({"special_ids": "[PAD]"}, r"'special_ids' parameter of HotFlip must be a sequence of in"),
+        ({"special_ids": [0, 1.0]}, r"'special_ids' .* integers >= 0\. Got \[0, 1\.0\] inst"),
+    ],
 }
 
 # Recipe name (tests/conftest.py) -> a budget per norm at which the model loses accuracy. ECG5000
@@ -75,20 +132,33 @@ BUDGETS: dict[str, dict[Norm, float]] = {
     "mlp": {Norm.LINF: 0.5, Norm.L2: 3.0, Norm.L0: 0.3},
     "mlp_1logit": {Norm.LINF: 0.5, Norm.L2: 3.0, Norm.L0: 0.3},
     "detector": {Norm.LINF: 0.1, Norm.L2: 1.0, Norm.L0: 0.2},
+    # Embedding units (entries of about unit size; the L2 ball spans the whole (L, dim)
+    # perturbation of an abstract); L0 is the fraction of an abstract's real tokens (HotFlip).
+    "transformer": {Norm.LINF: 0.1, Norm.L2: 5.0, Norm.L0: 0.02},
 }
+# Below this clean accuracy on its first 100 test examples a model is too weak to attack. The
+# Transformer separates 5 classes, the largest a third of the abstracts.
+MIN_CLEAN_ACCURACY = {"transformer": 0.5}
 N_EXAMPLES = 100
+MODALITY = {model: get_task_spec(RECIPES[model].task).modality for model in BUDGETS}
+CONTINUOUS_MODELS = [m for m in BUDGETS if m != "transformer"]
+# The ids train_tokenizer gives [PAD], [UNK], [CLS], [SEP]; HotFlip must never touch them.
+SPECIAL_IDS = list(range(len(SPECIAL_TOKENS)))
 
 CASES = [
     pytest.param(attack, norm, model, id=f"{attack}-{norm.value}-{model}")
     for attack in ATTACKS.names()
     for norm in ATTACKS.get(attack).norms
     for model in BUDGETS
+    if MODALITY[model] in ATTACKS.get(attack).modalities
 ]
 NORM_MODEL_CASES = [
     pytest.param(norm, model, id=f"{norm.value}-{model}")
     for norm in (Norm.LINF, Norm.L2)
-    for model in BUDGETS
+    for model in CONTINUOUS_MODELS
 ]
+CONTINUOUS_ATTACKS = [a for a in ATTACKS.names() if ATTACKS.get(a).inputs == "continuous"]
+TOKEN_ATTACKS = [a for a in ATTACKS.names() if ATTACKS.get(a).inputs == "tokens"]
 
 
 def main_norm(attack: str) -> Norm:
@@ -96,9 +166,29 @@ def main_norm(attack: str) -> Norm:
     return ATTACKS.get(attack).norms[0]
 
 
-def norm_budget(norm: Norm, eps: float, x: torch.Tensor) -> float:
-    """The largest perturbation norm allowed: eps, or for L0 the number of features eps allows."""
-    return float(int(eps * x[0].numel() + 1e-9)) if norm is Norm.L0 else eps
+def norm_budget(attack: Attack, x: torch.Tensor) -> np.ndarray:
+    """The largest perturbation norm allowed per example: eps; for L0 the number of features eps
+    allows, and for token ids the fraction eps of each example's real (non-special) tokens."""
+    eps = attack.threat.eps
+    if attack.threat.norm is not Norm.L0:
+        return np.full(len(x), eps)
+    if attack.inputs == "tokens":
+        real = (~torch.isin(x, torch.tensor(SPECIAL_IDS))).sum(dim=1).numpy()
+        return np.floor(real * eps + 1e-9)
+    return np.full(len(x), float(int(eps * x[0].numel() + 1e-9)))
+
+
+def unperturbed(attack: Attack, victim: Trained, x: torch.Tensor) -> torch.Tensor:
+    """What ``attack`` returns when it changes nothing: ``x``, or for embedding attacks the
+    embeddings of ``x``."""
+    if attack.perturbs == "embeddings":
+        with torch.no_grad():
+            return victim.model.embed(x)
+    return x
+
+
+def adversarial_labels(attack: Attack, victim: Trained, x: torch.Tensor, x_adv: torch.Tensor):
+    return predictions(attack.adversarial_logits(victim.model, x, x_adv)).numpy()
 
 
 def make_attack(attack: str, norm: Norm, victim: Trained, **overrides: Any) -> Attack:
@@ -178,18 +268,45 @@ def test_output_shape_dtype_budget_and_domain(
 ):
     v = victim(model)
     x, _ = data(v)
+    a = make_attack(attack, norm, v)
     x_adv = untargeted(attack, norm, model)
-    assert x_adv.shape == x.shape
-    assert x_adv.dtype == x.dtype
+    reference = unperturbed(a, v, x)
+    assert x_adv.shape == reference.shape
+    assert x_adv.dtype == reference.dtype
     assert x_adv.device == x.device
     assert not x_adv.requires_grad
-    assert torch.isfinite(x_adv).all()
-    eps = norm_budget(norm, BUDGETS[model][norm], x)
-    norms = perturbation_norms(x, x_adv)[norm.value]
-    assert norms.max() <= eps + 1e-6
-    assert norms.max() > 0.5 * eps  # it did perturb
-    domain = v.task.domain
-    assert float(x_adv.min()) >= domain.low and float(x_adv.max()) <= domain.high
+    if x_adv.is_floating_point():
+        assert torch.isfinite(x_adv).all()
+    sizes = a.perturbation_sizes(v.model, x, x_adv)
+    assert {"linf", "l2", "l0"} <= set(sizes)
+    assert all(values.shape == (len(x),) for values in sizes.values())
+    # The sizes agree with the perturbation measured independently.
+    if a.inputs == "tokens" and a.perturbs == "inputs":
+        changed = (x_adv != x).sum(dim=1).double().numpy()
+        np.testing.assert_array_equal(sizes["l0"], changed)
+        np.testing.assert_array_equal(sizes["tokens_changed"], changed)
+        assert np.isnan(sizes["linf"]).all() and np.isnan(sizes["l2"]).all()
+    else:
+        expected = perturbation_norms(reference, x_adv)
+        for key in ("linf", "l2", "l0"):
+            np.testing.assert_allclose(sizes[key], expected[key], rtol=1e-6)
+    eps = norm_budget(a, x)
+    norms = sizes[norm.value]
+    assert (norms <= eps * (1 + 1e-5) + 1e-6).all()
+    assert norms.max() > 0.5 * eps.max()  # it did perturb
+    if a.inputs == "continuous":
+        domain = v.task.domain
+        assert float(x_adv.min()) >= domain.low and float(x_adv.max()) <= domain.high
+    elif a.perturbs == "inputs":  # token ids: real vocabulary ids, special tokens untouched
+        vocab = v.model.vocab_size
+        assert int(x_adv.min()) >= 0 and int(x_adv.max()) < vocab
+        special = torch.isin(x, torch.tensor(SPECIAL_IDS))
+        assert torch.equal(x_adv[special], x[special])
+        assert not torch.isin(x_adv[~special], torch.tensor(SPECIAL_IDS)).any()
+    else:  # embeddings: padding positions keep their clean embedding
+        padding = x == PAD_ID
+        assert padding.any()
+        assert torch.equal(x_adv[padding], reference[padding])
 
 
 @pytest.mark.parametrize(("attack", "norm", "model"), CASES)
@@ -220,7 +337,8 @@ def test_input_not_mutated_and_model_mode_restored(attack: str, norm: Norm, mode
 def test_zero_budget_returns_the_input(attack: str, norm: Norm, model: str, victim):
     v = victim(model)
     x, y = data(v)
-    assert torch.equal(make_attack(attack, norm, v, eps=0.0)(v.model, x, y), x)
+    a = make_attack(attack, norm, v, eps=0.0)
+    assert torch.equal(a(v.model, x, y), unperturbed(a, v, x))
 
 
 # -- the attack works ----------------------------------------------------------------------------
@@ -231,10 +349,10 @@ def test_accuracy_drops(attack: str, norm: Norm, model: str, victim, untargeted)
     v = victim(model)
     x, y = data(v)
     clean = labels_of(v.model, x)
-    adv = labels_of(v.model, untargeted(attack, norm, model))
+    adv = adversarial_labels(make_attack(attack, norm, v), v, x, untargeted(attack, norm, model))
     truth = y.numpy()
     clean_accuracy, adv_accuracy = (clean == truth).mean(), (adv == truth).mean()
-    assert clean_accuracy > 0.8
+    assert clean_accuracy > MIN_CLEAN_ACCURACY.get(model, 0.8)
     assert success_rate(truth, clean, adv) >= MIN_SUCCESS[attack]
     assert adv_accuracy < clean_accuracy - 0.1
 
@@ -257,27 +375,30 @@ def test_targeted_mode_reaches_the_target(attack: str, norm: Norm, model: str, v
     target = (y + 1) % classes
     clean = labels_of(v.model, x)
     aimed = clean != target.numpy()  # points not already predicted as their target
-    x_aimed = make_attack(attack, norm, v)(v.model, x, y, target=target)
-    hits = float((labels_of(v.model, x_aimed) == target.numpy())[aimed].mean())
+    a = make_attack(attack, norm, v)
+    x_aimed = a(v.model, x, y, target=target)
+    hits = float((adversarial_labels(a, v, x, x_aimed) == target.numpy())[aimed].mean())
     assert hits > 0
     assert hits >= MIN_TARGETED[attack]
 
     def target_loss(inputs: torch.Tensor) -> float:
+        logits = a.adversarial_logits(v.model, x, inputs)
         if not MINIMISES_LOSS[attack]:  # JSMA's objective: the target logit against the others
-            logits = predict_logits(v.model, inputs)
             logits = torch.cat([-logits / 2, logits / 2], 1) if logits.shape[1] == 1 else logits
             chosen = logits.gather(1, target[:, None])[:, 0]
             return float((logits.sum(1) - 2 * chosen).mean())
-        return float(classification_loss(predict_logits(v.model, inputs), target))
+        return float(classification_loss(logits, target))
 
-    assert target_loss(x_aimed) < target_loss(x)
+    assert target_loss(x_aimed) < target_loss(unperturbed(a, v, x))
     x_untargeted = untargeted(attack, norm, model)
     if classes > 2:
         # Aiming is not just breaking: the target's loss also falls below the untargeted one's.
         assert target_loss(x_aimed) < target_loss(x_untargeted)
     else:
         # With two classes the other class is the target: both modes break the same points.
-        np.testing.assert_array_equal(labels_of(v.model, x_aimed), labels_of(v.model, x_untargeted))
+        np.testing.assert_array_equal(
+            adversarial_labels(a, v, x, x_aimed), adversarial_labels(a, v, x, x_untargeted)
+        )
 
 
 # -- seeds and early stopping --------------------------------------------------------------------
@@ -303,11 +424,12 @@ def test_stop_when_adversarial_never_lowers_success(attack: str, norm: Norm, mod
     truth = y.numpy()
     clean = labels_of(v.model, x)
     correct = clean == truth
-    full = labels_of(
-        v.model, make_attack(attack, norm, v, stop_when_adversarial=False)(v.model, x, y)
+    a = make_attack(attack, norm, v)
+    full = adversarial_labels(
+        a, v, x, make_attack(attack, norm, v, stop_when_adversarial=False)(v.model, x, y)
     )
-    stop = labels_of(
-        v.model, make_attack(attack, norm, v, stop_when_adversarial=True)(v.model, x, y)
+    stop = adversarial_labels(
+        a, v, x, make_attack(attack, norm, v, stop_when_adversarial=True)(v.model, x, y)
     )
     broken_full, broken_stop = correct & (full != truth), correct & (stop != truth)
     assert not (broken_full & ~broken_stop).any()
@@ -356,7 +478,7 @@ def test_one_step_pgd_is_fgsm_with_or_without_stopping(norm: Norm, model: str, v
 # -- one-logit models ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("attack", ATTACKS.names())
+@pytest.mark.parametrize("attack", CONTINUOUS_ATTACKS)
 def test_one_logit_models_take_binary_labels_only(attack: str, victim):
     for name in ("mlp_1logit", "detector"):
         v = victim(name)
@@ -436,6 +558,22 @@ def test_params_identify_the_attack(attack: str):
 # -- bad inputs ----------------------------------------------------------------------------------
 
 
+def bad_labels(x: Any, y: torch.Tensor, classes: int) -> list[tuple[str, Any, Any, Any, str]]:
+    """(case id, x, y, target, message) for labels and targets every attack must reject."""
+    high = torch.full_like(y, classes)
+    return [
+        ("labels-shape", x, y[:, None], None, r"needs integer labels of shape \(8,\)\. Got shape"),
+        ("labels-short", x, y[:5], None, r"needs integer labels of shape \(8,\)"),
+        ("labels-float", x, y.float(), None, r"dtype torch\.float32 instead"),
+        ("labels-high", x, high, None, rf"labels outside \[0, {classes - 1}"),
+        ("labels-negative", x, y - 10, None, rf"labels outside \[0, {classes - 1}\]"),
+        ("target-shape", x, y, y[:3], r"needs integer targets of shape \(8,\)"),
+        ("target-float", x, y, y.double(), r"needs integer targets of shape \(8,\)"),
+        ("target-list", x, y, y.tolist(), r"needs targets as a tensor\. Got list"),
+        ("target-high", x, y, high, rf"targets outside \[0, {classes - 1}"),
+    ]
+
+
 def bad_inputs(v: Trained) -> list[tuple[str, Any, Any, Any, str]]:
     """(case id, x, y, target, message) for inputs an attack on ``v`` must reject."""
     x, y = data(v)
@@ -453,21 +591,7 @@ def bad_inputs(v: Trained) -> list[tuple[str, Any, Any, Any, str]]:
         ("numpy", x.numpy(), y, None, r"needs torch tensors x and y\. Got ndarray"),
         ("nan", nan, y, None, r"got inputs with NaN or Inf values"),
         ("inf", inf, y, None, r"got inputs with NaN or Inf values"),
-        ("labels-shape", x, y[:, None], None, r"needs integer labels of shape \(8,\)\. Got shape"),
-        ("labels-short", x, y[:5], None, r"needs integer labels of shape \(8,\)"),
-        ("labels-float", x, y.float(), None, r"dtype torch\.float32 instead"),
-        (
-            "labels-high",
-            x,
-            torch.full_like(y, classes),
-            None,
-            rf"labels outside \[0, {classes - 1}",
-        ),
-        ("labels-negative", x, y - 10, None, rf"labels outside \[0, {classes - 1}\]"),
-        ("target-shape", x, y, y[:3], r"needs integer targets of shape \(8,\)"),
-        ("target-float", x, y, y.double(), r"needs integer targets of shape \(8,\)"),
-        ("target-list", x, y, y.tolist(), r"needs targets as a tensor\. Got list"),
-        ("target-high", x, y, torch.full_like(y, classes), rf"targets outside \[0, {classes - 1}"),
+        *bad_labels(x, y, classes),
     ]
     if v.task.domain.bounded:
         cases.append(("above-domain", x + 0.5, y, None, r"got inputs outside the domain \[0\.0, 1"))
@@ -475,7 +599,7 @@ def bad_inputs(v: Trained) -> list[tuple[str, Any, Any, Any, str]]:
     return cases
 
 
-@pytest.mark.parametrize("attack", ATTACKS.names())
+@pytest.mark.parametrize("attack", CONTINUOUS_ATTACKS)
 @pytest.mark.parametrize("model", ["cnn", "gru", "mlp"])
 def test_bad_inputs_raise_input_error(attack: str, model: str, victim):
     v = victim(model)
@@ -487,17 +611,90 @@ def test_bad_inputs_raise_input_error(attack: str, model: str, victim):
         assert not v.model.training, case
 
 
+def bad_token_inputs(v: Trained) -> list[tuple[str, Any, Any, Any, str]]:
+    """(case id, x, y, target, message) for token-id inputs a text attack on ``v`` must reject."""
+    x, y = data(v)
+    x, y = x[:8], y[:8]
+    vocab = v.model.vocab_size
+    above, negative = x.clone(), x.clone()
+    above[2, 1] = vocab
+    negative[3, 1] = -1
+    classes = v.task.num_classes
+    with torch.no_grad():
+        embeddings = v.model.embed(x)
+    ids = r"needs int64 token ids\. Got dtype"
+    shape = r"needs a non-empty batch of token ids of shape \(N, L\)\. Got shape"
+    return [
+        ("float-ids", x.float(), y, None, rf"{ids} torch\.float32 instead"),
+        ("int32-ids", x.int(), y, None, rf"{ids} torch\.int32 instead"),
+        ("embeddings", embeddings, y, None, rf"{ids} torch\.float32 instead"),
+        ("numpy", x.numpy(), y, None, r"needs torch tensors x and y\. Got ndarray"),
+        ("1-d", x[0], y[:1], None, rf"{shape} \(128,\)"),
+        ("3-d", x[:, :, None], y, None, rf"{shape} \(8, 128, 1\)"),
+        ("empty", x[:0], y[:0], None, rf"{shape} \(0, 128\)"),
+        ("no-tokens", x[:, :0], y, None, rf"{shape} \(8, 0\)"),
+        (
+            "above-vocab",
+            above,
+            y,
+            None,
+            rf"token ids outside \[0, {vocab - 1}\] for a model with a",
+        ),
+        ("negative-id", negative, y, None, r"token ids outside \[0, .*\(min -1, max"),
+        ("too-long", torch.cat([x, x], 1), y, None, r"could not run the model on inputs of shape"),
+        *bad_labels(x, y, classes),
+    ]
+
+
+@pytest.mark.parametrize("attack", TOKEN_ATTACKS)
+def test_bad_token_inputs_raise_input_error(attack: str, victim):
+    v = victim("transformer")
+    owner = ATTACKS.get(attack).__name__
+    for case, x, y, target, match in bad_token_inputs(v):
+        with pytest.raises(InputError, match=rf"^{owner} .*{match}") as info:
+            make_attack(attack, main_norm(attack), v)(v.model, x, y, target=target)
+        assert isinstance(info.value, ValueError), case
+        assert not v.model.training, case
+
+
+@pytest.mark.parametrize("attack", ATTACKS.names())
+def test_attacks_reject_the_other_kind_of_input(attack: str, victim):
+    """Continuous attacks refuse token ids; text attacks refuse models without the text
+    interface (embed, forward_embeddings, vocab_size, pad_id) and continuous inputs."""
+    text, cnn = victim("transformer"), victim("cnn")
+    owner = ATTACKS.get(attack).__name__
+    ids, y = data(text)
+    images, y_images = data(cnn)
+    if ATTACKS.get(attack).inputs == "continuous":
+        with pytest.raises(InputError, match=rf"^{owner} needs floating-point inputs\. Got dtype"):
+            make_attack(attack, main_norm(attack), cnn)(text.model, ids, y)
+        return
+    with pytest.raises(InputError, match=rf"^{owner} needs int64 token ids\. Got dtype torch\.fl"):
+        make_attack(attack, main_norm(attack), text)(cnn.model, images, y_images)
+    with pytest.raises(
+        InputError,
+        match=rf"^{owner} needs a text model with vocab_size, pad_id, embed\(ids\) and "
+        r"forward_embeddings\(embeddings, ids\).* SmallCNN lacks vocab_size, pad_id, embed, "
+        r"forward_embeddings\.",
+    ):
+        make_attack(attack, main_norm(attack), text)(cnn.model, ids[:, :28], y)
+    assert not cnn.model.training
+
+
 @pytest.mark.parametrize("attack", ATTACKS.names())
 def test_model_mode_is_restored_when_an_attack_fails(attack: str, victim):
-    v = victim("cnn")
+    tokens = ATTACKS.get(attack).inputs == "tokens"
+    v = victim("transformer" if tokens else "cnn")
     x, y = data(v)
+    misfit = torch.cat([x, x], 1) if tokens else x[:, 0]
+    classes = v.task.num_classes
     v.model.train()
     try:
-        with pytest.raises(InputError, match=r"got labels outside \[0, 1\]"):
+        with pytest.raises(InputError, match=rf"got labels outside \[0, {classes - 1}\]"):
             make_attack(attack, main_norm(attack), v)(v.model, x, torch.full_like(y, 5))
         assert v.model.training
         with pytest.raises(InputError, match=r"could not run the model"):
-            make_attack(attack, main_norm(attack), v)(v.model, x[:, 0], y)
+            make_attack(attack, main_norm(attack), v)(v.model, misfit, y)
         assert v.model.training
     finally:
         v.model.eval()

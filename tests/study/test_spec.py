@@ -15,17 +15,20 @@ from medrobust.study import load_spec, parse_spec, plan_cells
 from tests.study.conftest import small_config
 
 
-def test_default_study_covers_every_task_with_fgsm_and_pgd() -> None:
+def test_default_study_covers_every_task_with_its_attacks() -> None:
     spec = load_spec()
     assert spec.trials == 5
     cells = plan_cells(spec)
     assert {t.name for t in spec.tasks} == set(TASKS.names())
     for task in TASKS.names():
         attacks = {c.attack for c in cells if c.task == task}
-        if task == "medical_abstracts":  # FGSM/PGD need continuous inputs
-            assert attacks == {None}
+        if task == "medical_abstracts":  # FGSM/PGD/JSMA need continuous inputs
+            assert attacks == {None, "embedding_fgsm", "embedding_pgd", "hotflip"}
         else:
-            assert {"fgsm", "pgd"} <= attacks
+            assert {"fgsm", "pgd", "jsma"} <= attacks
+    transferred = {(c.task, c.model_label) for c in cells if c.source is not None}
+    assert {("breastmnist", "resnet"), ("ecg5000", "conv1d")} <= transferred  # architectures
+    assert ("mitbih", "conv1d@share2of2") in transferred  # institutions
     assert len({c.cell_id for c in cells}) == len(cells)
 
 

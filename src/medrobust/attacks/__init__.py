@@ -5,11 +5,25 @@ from __future__ import annotations
 from medrobust.attacks.base import Attack, project
 from medrobust.attacks.gradient import FGSM, PGD
 from medrobust.attacks.jsma import JSMA
+from medrobust.attacks.text import EmbeddingFGSM, EmbeddingPGD, HotFlip
 from medrobust.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 ATTACKS.add(FGSM.name, FGSM)
 ATTACKS.add(PGD.name, PGD)
 ATTACKS.add(JSMA.name, JSMA)
+ATTACKS.add(EmbeddingFGSM.name, EmbeddingFGSM)
+ATTACKS.add(EmbeddingPGD.name, EmbeddingPGD)
+ATTACKS.add(HotFlip.name, HotFlip)
 
-__all__ = ["ATTACKS", "FGSM", "JSMA", "PGD", "Attack", "project"]
+__all__ = [
+    "ATTACKS",
+    "FGSM",
+    "JSMA",
+    "PGD",
+    "Attack",
+    "EmbeddingFGSM",
+    "EmbeddingPGD",
+    "HotFlip",
+    "project",
+]

@@ -7,7 +7,7 @@ task's arrays into the tensors its model eats (text: a tokenizer trained on the 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,11 +43,14 @@ class TensorSplits:
         x: split name -> inputs (float for continuous data, int64 token ids for text).
         y: split name -> int64 labels.
         vocab_size: size of the token vocabulary (text only).
+        tokenizer: the ``tokenizers.Tokenizer`` that made the ids (text only), e.g. for
+            :func:`~medrobust.models.text.decode` to show original against adversarial text.
     """
 
     x: Mapping[str, torch.Tensor]
     y: Mapping[str, torch.Tensor]
     vocab_size: int | None = None
+    tokenizer: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,7 @@ def prepare_inputs(task: Task, hparams: Mapping[str, Any] | None = None) -> Tens
             name: torch.from_numpy(encode(tokenizer, list(split.x), max_length=max_length))
             for name, split in splits.items()
         }
-        return TensorSplits(x, y, vocab_size=tokenizer.get_vocab_size())
+        return TensorSplits(x, y, vocab_size=tokenizer.get_vocab_size(), tokenizer=tokenizer)
     x = {
         name: torch.from_numpy(np.ascontiguousarray(split.x, dtype=np.float32))
         for name, split in splits.items()

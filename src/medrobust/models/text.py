@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,6 +25,32 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
 
 
 TOKENIZERS = ("wordlevel", "wordpiece")
+
+
+@runtime_checkable
+class TextModel(Protocol):
+    """What text attacks need of a model: its vocabulary, its padding id and the embedding path.
+
+    :class:`TransformerClassifier` and :class:`HuggingFaceClassifier` implement it.
+    """
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids; valid ids are ``0 .. vocab_size - 1``."""
+        ...
+
+    @property
+    def pad_id(self) -> int:
+        """The padding id; padded positions are masked out."""
+        ...
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of ``ids``, shape (N, L, dim)."""
+        ...
+
+    def forward_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Logits from (possibly perturbed) embeddings; ``ids`` gives the padding mask."""
+        ...
 
 
 def train_tokenizer(
@@ -105,6 +131,28 @@ def encode(tokenizer: Tokenizer, texts: Sequence[str], *, max_length: int = 256)
     return ids
 
 
+def decode(tokenizer: Tokenizer, ids: torch.Tensor | np.ndarray) -> list[str]:
+    """The text of each row of token ids, for showing original against adversarial inputs.
+
+    [PAD], [CLS] and [SEP] are dropped; [UNK] is kept, so that the text shows where the
+    tokenizer lost a word; WordPiece continuation pieces (``##``) are glued to the piece before.
+    Text is lower-cased, as the tokenizer normalised it.
+
+    Shape:
+        (N, L) int -> N strings
+    """
+    rows = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    if rows.ndim != 2:
+        raise ParameterError(f"decode needs token ids of shape (N, L). Got shape {rows.shape}.")
+    hidden = {tokenizer.token_to_id(token) for token in ("[PAD]", "[CLS]", "[SEP]")}
+    hidden.add(PAD_ID)
+    texts = []
+    for row in rows:
+        tokens = [tokenizer.id_to_token(int(i)) for i in row if int(i) not in hidden]
+        texts.append(" ".join(t if t is not None else "[UNK]" for t in tokens).replace(" ##", ""))
+    return texts
+
+
 class TransformerClassifier(nn.Module):
     """A Transformer encoder (Vaswani et al. 2017) over token ids, mean-pooled, with a linear head.
 
@@ -154,6 +202,16 @@ class TransformerClassifier(nn.Module):
         self.head = nn.Linear(dim, num_outputs)
         self.scale = math.sqrt(dim)
 
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids (rows of the embedding table)."""
+        return int(self.token_embedding.num_embeddings)
+
+    @property
+    def pad_id(self) -> int:
+        """The padding id, :data:`PAD_ID`."""
+        return PAD_ID
+
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings, shape (N, L, dim)."""
         return self.token_embedding(ids) * self.scale  # type: ignore[no-any-return]
@@ -190,6 +248,12 @@ class HuggingFaceClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.pad_id = pad_id
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids (rows of the wrapped model's input embedding table)."""
+        layer: Any = self.model.get_input_embeddings()  # type: ignore[operator]
+        return int(layer.num_embeddings)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of the wrapped model, shape (N, L, dim)."""

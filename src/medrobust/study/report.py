@@ -6,6 +6,7 @@ The report only reads the store; it never trains or attacks.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import math
 from collections import defaultdict
@@ -32,10 +33,11 @@ ATTACK_METRICS = (
     ("adv_accuracy", "Attacked acc."),
     ("success_rate", "Success rate"),
     ("target_success_rate", "Reached harmful target"),
-    ("success_rate_positive", "Disease read as healthy"),
-    ("success_rate_negative", "Healthy read as disease"),
+    ("success_rate_positive", "Missed detections (disease read as healthy)"),
+    ("success_rate_negative", "False alarms (healthy read as disease)"),
     ("adv_sensitivity", "Sensitivity (attacked)"),
     ("adv_specificity", "Specificity (attacked)"),
+    ("mean_l0", "Features (tokens) changed"),
 )
 # A stronger attack must beat a weaker one by more than this (in mean success rate over trials)
 # before the report calls it a symptom of gradient masking; smaller gaps are sampling noise.
@@ -331,6 +333,69 @@ def worst_case_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
     )
 
 
+def _marked_changes(original: str, adversarial: str, context: int = 10) -> str:
+    """The adversarial text with each replaced word shown as ~~old~~ **new**, cut to
+    ``context`` words around the changes."""
+    before, after = original.split(), adversarial.split()
+    words: list[str] = []
+    marks: list[int] = []
+    matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
+    for op, a0, a1, b0, b1 in matcher.get_opcodes():
+        if op == "equal":
+            words += after[b0:b1]
+            continue
+        marks.append(len(words))
+        if a1 > a0:
+            words.append("~~" + " ".join(before[a0:a1]) + "~~")
+        if b1 > b0:
+            words.append("**" + " ".join(after[b0:b1]) + "**")
+    keep = sorted(
+        {i for m in marks for i in range(max(m - context, 0), min(m + context + 2, len(words)))}
+    )
+    pieces, previous = [], -1
+    for i in keep:
+        if i != previous + 1:
+            pieces.append("…")
+        pieces.append(words[i])
+        previous = i
+    if keep and keep[-1] < len(words) - 1:
+        pieces.append("…")
+    return " ".join(pieces)
+
+
+def text_examples(cells: list[dict[str, Any]], store: ResultStore, limit: int = 3) -> str:
+    """Markdown: attacked texts of the first trial of each token attack, changes marked."""
+    parts = []
+    attacked = [c for c in cells if c["attack"] is not None and c["trial"] == 0]
+    for c in sorted(attacked, key=lambda c: (c["task"], model_name(c), attack_name(c), c["eps"])):
+        samples = store.samples(c["cell_id"])[:limit]
+        if not samples:
+            continue
+        rows = {r.example: r for r in store.examples(c["cell_id"])}
+        names = c.get("class_names") or []
+
+        def name(label: int | None, names: list[str] = names) -> str:
+            return names[label] if label is not None and 0 <= label < len(names) else str(label)
+
+        parts.append(f"#### {c['task']} / {model_name(c)} / {attack_name(c)} eps={c['eps']:g}\n")
+        for sample in samples:
+            row = rows[sample.example]
+            verdict = (
+                f"{name(row.label)}; read as {name(row.clean_pred)}, "
+                f"after the attack as {name(row.adv_pred)}"
+            )
+            parts.append(
+                f"- test example {sample.example} ({verdict}): "
+                f"{_marked_changes(sample.original, sample.adversarial)}\n"
+            )
+        parts.append("")
+    if not parts:
+        return ""
+    return "### Attacked clinical texts (first trial; ~~removed~~ **inserted**)\n\n" + "\n".join(
+        parts
+    )
+
+
 def _tables(cells: list[dict[str, Any]], store: ResultStore) -> list[Table]:
     return [clean_table(cells), attack_table(cells), worst_case_table(cells, store)]
 
@@ -351,9 +416,12 @@ def write_report(store_path: str | Path, output: str | Path | None = None) -> li
     with ResultStore(store_path) as store:
         cells, study = store.cells(), store.study() or {}
         tables = _tables(cells, store)
+        texts_md = text_examples(cells, store)
     matrices = transfer_matrices(cells)
     transfer = Table("", (), [], [r for m in matrices for r in m.records])
     train_s = sum({c["cell_id"]: c["train_seconds"] for c in cells if c["attack"] is None}.values())
+    attacked = [c for c in cells if c["attack"] is not None]
+    early = sum(bool(c.get("attack_config", {}).get("stop_when_adversarial")) for c in attacked)
     lines = [
         f"# medrobust study report: {study.get('name', 'study')}",
         "",
@@ -361,9 +429,12 @@ def write_report(store_path: str | Path, output: str | Path | None = None) -> li
         f"{study.get('seed', '?')}. Training time over all models: {train_s:.0f} s.",
         "Success rate = fraction of originally correct test examples that the attack made wrong.",
         "Sensitivity, specificity, FNR and FPR are for each task's declared positive class.",
+        f"Early stop (an example stops being perturbed once misclassified, which saves compute "
+        f"and changes no outcome): on in {early} of {len(attacked)} attack cells.",
         "",
     ]
     markdown = "\n".join(lines) + "\n".join(t.markdown() + "\n" for t in tables + matrices)
+    markdown += texts_md
     paths = [
         out / "report.md",
         out / "clean.csv",

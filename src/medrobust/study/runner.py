@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +29,22 @@ from medrobust.data.task import Task
 from medrobust.errors import ConfigError
 from medrobust.metrics import (
     clinical_metrics,
-    perturbation_norms,
     predictions,
     probabilities,
     success_rate,
     target_success_rate,
 )
 from medrobust.models import TensorSplits, build_model, prepare_inputs
+from medrobust.models.text import decode
 from medrobust.study.plan import Cell, derive_seed, plan_cells
 from medrobust.study.spec import StudySpec
-from medrobust.study.store import CellResult, ExampleRow, ResultStore
+from medrobust.study.store import CellResult, ExampleRow, ResultStore, TextSample
 from medrobust.training import FitConfig, fit, load_checkpoint, predict_logits
 
 logger = logging.getLogger(__name__)
 
 ATTACK_BATCH = 256
+TEXT_SAMPLES = 5  # attacked texts stored per text-attack cell, for the report
 
 
 def train_or_load(
@@ -110,15 +112,55 @@ def _flip_rates(
     }
 
 
+def _mean(values: np.ndarray) -> float:
+    """Mean over the finite values (NaN when there are none, e.g. L2 of token changes)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else math.nan
+
+
+def _text_samples(
+    tokenizer: Any,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    subset: np.ndarray,
+    flipped: np.ndarray,
+) -> list[TextSample]:
+    """Up to TEXT_SAMPLES changed texts, those whose prediction the attack flipped first."""
+    changed = (x != x_adv).any(dim=1).numpy()
+    order = [*np.flatnonzero(changed & flipped), *np.flatnonzero(changed & ~flipped)]
+    chosen = sorted(int(i) for i in order[:TEXT_SAMPLES])
+    if not chosen:
+        return []
+    originals = decode(tokenizer, x[chosen])
+    adversarials = decode(tokenizer, x_adv[chosen])
+    return [
+        TextSample(int(subset[i]), original, adversarial)
+        for i, original, adversarial in zip(chosen, originals, adversarials, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """What evaluating one cell produces, before it is stored."""
+
+    metrics: dict[str, float]
+    rows: list[ExampleRow]
+    attack_config: dict[str, Any] = field(default_factory=dict)
+    samples: list[TextSample] = field(default_factory=list)
+
+
 def evaluate_cell(
     cell: Cell,
     task: Task,
     model: nn.Module,
     x_test: torch.Tensor,
     y_test: torch.Tensor,
+    *,
     surrogate: nn.Module | None = None,
-) -> tuple[dict[str, float], list[ExampleRow], dict[str, Any]]:
-    """Metrics, example rows and the attack's resolved parameters of one cell on the test split.
+    tokenizer: Any = None,
+) -> CellOutcome:
+    """Metrics, example rows, the attack's resolved parameters and (for token attacks) original
+    vs adversarial texts of one cell on the test split.
 
     A transfer cell crafts its examples on ``surrogate`` and evaluates them on ``model``.
     """
@@ -146,7 +188,7 @@ def evaluate_cell(
                 seed=cell.init_seed,
             )
             metrics.update({f"masking_{k}": float(v) for k, v in flags.items()})
-        return metrics, rows, {}
+        return CellOutcome(metrics, rows)
 
     rng = np.random.default_rng(derive_seed(cell.split_seed, "subset", cell.trial))
     harmful = get_task_spec(task.name).harmful_targets if cell.targeted else {}
@@ -179,9 +221,9 @@ def evaluate_cell(
             for i in range(0, len(x), ATTACK_BATCH)
         ]
     )
-    adv_logits = predict_logits(model, adversarial)
+    adv_logits = attack.adversarial_logits(model, x, adversarial)
     adv_pred = predictions(adv_logits).numpy()
-    norms = perturbation_norms(x, adversarial)
+    norms = attack.perturbation_sizes(model, x, adversarial)
     positive, classes = task.positive_class, task.num_classes
     metrics = {
         **_prefixed(
@@ -207,8 +249,9 @@ def evaluate_cell(
             if target is not None
             else math.nan
         ),
-        "mean_linf": float(norms["linf"].mean()),
-        "mean_l2": float(norms["l2"].mean()),
+        "mean_linf": _mean(norms["linf"]),
+        "mean_l2": _mean(norms["l2"]),
+        "mean_l0": _mean(norms["l0"]),
     }
     if classes == 2:
         metrics.update(_flip_rates(y.numpy(), clean_pred, adv_pred, positive))
@@ -220,10 +263,15 @@ def evaluate_cell(
             int(adv_pred[i]),
             float(norms["linf"][i]),
             float(norms["l2"][i]),
+            float(norms["l0"][i]),
         )
         for i in range(len(subset))
     ]
-    return metrics, rows, attack.params()
+    samples = []
+    if tokenizer is not None and attack.inputs == "tokens" and attack.perturbs == "inputs":
+        flipped = (clean_pred == y.numpy()) & (adv_pred != y.numpy())
+        samples = _text_samples(tokenizer, x, adversarial, subset, flipped)
+    return CellOutcome(metrics, rows, attack.params(), samples)
 
 
 def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResult]:
@@ -253,10 +301,22 @@ def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResu
                     )
                 surrogates[source.training_key] = trained
             surrogate = surrogates[source.training_key]
-        metrics, rows, attack_config = evaluate_cell(cell, task, model, x_test, y_test, surrogate)
-        record = cell.to_dict() | ({"attack_config": attack_config} if attack_config else {})
+        outcome = evaluate_cell(
+            cell, task, model, x_test, y_test, surrogate=surrogate, tokenizer=inputs.tokenizer
+        )
+        record = cell.to_dict()
+        if outcome.attack_config:
+            record["attack_config"] = outcome.attack_config
+        if outcome.samples:  # the report names the classes of the texts it shows
+            record["class_names"] = list(task.class_names)
         yield CellResult(
-            cell.cell_id, record, metrics, rows, train_seconds, time.perf_counter() - start
+            cell.cell_id,
+            record,
+            outcome.metrics,
+            outcome.rows,
+            train_seconds,
+            time.perf_counter() - start,
+            outcome.samples,
         )
 
 

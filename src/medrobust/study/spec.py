@@ -292,6 +292,12 @@ def _parse_attack(where: str, raw: Any) -> AttackEntry:
     if "eps" not in raw:
         raise ConfigError(f"{where} needs 'eps'.")
     eps = _parse_eps(f"{where}.eps", raw["eps"])
+    if transfer and ATTACKS.get(name).perturbs == "embeddings":
+        raise ConfigError(
+            f"{where}: {name!r} perturbs one model's own token embeddings, which another model "
+            "cannot read, so it cannot be a transfer attack. Transfer a token attack (hotflip) "
+            "instead."
+        )
     _check_attack(
         where,
         AttackEntry(name, norm, params, eps),

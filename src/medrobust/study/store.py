@@ -18,7 +18,7 @@ from typing import Any
 
 from medrobust.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x4D454452  # "MEDR": marks the file as a medrobust store
 
 _SCHEMA = """
@@ -42,6 +42,14 @@ CREATE TABLE IF NOT EXISTS examples (
     adv_pred INTEGER,
     linf REAL,
     l2 REAL,
+    l0 REAL,
+    PRIMARY KEY (cell_id, example)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id),
+    example INTEGER NOT NULL,
+    original TEXT NOT NULL,
+    adversarial TEXT NOT NULL,
     PRIMARY KEY (cell_id, example)
 );
 CREATE TABLE IF NOT EXISTS timings (
@@ -62,6 +70,16 @@ class ExampleRow:
     adv_pred: int | None = None
     linf: float | None = None
     l2: float | None = None
+    l0: float | None = None
+
+
+@dataclass(frozen=True)
+class TextSample:
+    """An attacked text shown in the report: the original and the adversarial text."""
+
+    example: int
+    original: str
+    adversarial: str
 
 
 @dataclass(frozen=True)
@@ -74,12 +92,15 @@ class CellResult:
     examples: Sequence[ExampleRow]
     train_seconds: float
     eval_seconds: float
+    samples: Sequence[TextSample] = ()
 
 
 def _clean_json(value: Any) -> Any:
-    """NaN is not JSON; store it as null."""
+    """NaN and infinities are not JSON: NaN is stored as null, an infinity as "inf"/"-inf"."""
     if isinstance(value, float) and math.isnan(value):
         return None
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
     if isinstance(value, dict):
         return {k: _clean_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -182,16 +203,29 @@ class ResultStore:
                     cell["norm"],
                     cell["eps"],
                     cell["trial"],
-                    json.dumps(cell, sort_keys=True),
-                    json.dumps(_clean_json(result.metrics), sort_keys=True),
+                    json.dumps(_clean_json(cell), sort_keys=True, allow_nan=False),
+                    json.dumps(_clean_json(result.metrics), sort_keys=True, allow_nan=False),
                 ),
             )
             conn.executemany(
-                "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (result.cell_id, e.example, e.label, e.clean_pred, e.adv_pred, e.linf, e.l2)
+                    (
+                        result.cell_id,
+                        e.example,
+                        e.label,
+                        e.clean_pred,
+                        e.adv_pred,
+                        _clean_json(e.linf),
+                        _clean_json(e.l2),
+                        _clean_json(e.l0),
+                    )
                     for e in result.examples
                 ],
+            )
+            conn.executemany(
+                "INSERT INTO samples VALUES (?, ?, ?, ?)",
+                [(result.cell_id, t.example, t.original, t.adversarial) for t in result.samples],
             )
             conn.execute(
                 "INSERT INTO timings VALUES (?, ?, ?)",
@@ -234,8 +268,16 @@ class ResultStore:
     def examples(self, cell_id: str) -> list[ExampleRow]:
         """Example rows of one cell."""
         rows = self._conn.execute(
-            "SELECT example, label, clean_pred, adv_pred, linf, l2 FROM examples "
+            "SELECT example, label, clean_pred, adv_pred, linf, l2, l0 FROM examples "
             "WHERE cell_id = ? ORDER BY example",
             (cell_id,),
         ).fetchall()
         return [ExampleRow(*r) for r in rows]
+
+    def samples(self, cell_id: str) -> list[TextSample]:
+        """The original and adversarial texts stored for one cell (text attacks only)."""
+        rows = self._conn.execute(
+            "SELECT example, original, adversarial FROM samples WHERE cell_id = ? ORDER BY example",
+            (cell_id,),
+        ).fetchall()
+        return [TextSample(*r) for r in rows]
