@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from medrobust.attacks.masking import MASKING_CHECKS, masking_checks
+from medrobust.models import TransformerClassifier
 from medrobust.types import UNBOUNDED
 from tests.conftest import Trained
 
@@ -36,6 +37,25 @@ class _Quantized(nn.Module):
         return logits
 
 
+class _NoisyText(nn.Module):
+    """A text model whose logits are randomized even in eval mode."""
+
+    def __init__(self, inner: TransformerClassifier) -> None:
+        super().__init__()
+        self.inner = inner
+        self.vocab_size, self.pad_id = inner.vocab_size, inner.pad_id
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.inner.embed(ids)
+
+    def forward_embeddings(self, embeddings: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        logits = self.inner.forward_embeddings(embeddings, ids)
+        return logits + 0.01 * torch.randn_like(logits)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.forward_embeddings(self.embed(ids), ids)
+
+
 def test_plain_mlp_raises_no_flag(trained: Callable[[str], Trained]) -> None:
     victim = trained("mlp")
     x, y = victim.split("test", 100)
@@ -53,3 +73,14 @@ def test_randomized_and_quantized_models_are_flagged(trained: Callable[[str], Tr
     quantized = masking_checks(_Quantized(victim.model), x, y, UNBOUNDED)
     assert quantized["vanishing_gradients"] and not quantized["randomized_output"]
     assert quantized["unbounded_attack_fails"]  # the attack sees no gradient to follow
+
+
+def test_text_model_is_checked_in_embedding_space(trained: Callable[[str], Trained]) -> None:
+    victim = trained("transformer")
+    x, y = victim.split("test", 50)
+    flags = masking_checks(victim.model, x, y, victim.task.domain)
+    assert set(flags) == set(MASKING_CHECKS)
+    assert not any(flags.values()), flags
+    assert isinstance(victim.model, TransformerClassifier)
+    noisy = masking_checks(_NoisyText(victim.model), x, y, victim.task.domain)
+    assert noisy["randomized_output"] and not noisy["vanishing_gradients"]

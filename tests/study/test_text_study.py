@@ -54,6 +54,8 @@ def test_text_study_stores_changed_tokens_and_shows_texts(data_env: Path, tmp_pa
             assert cell["metrics"]["mean_l0"] == pytest.approx(sum(changed) / len(changed))
             samples = results.samples(cell["cell_id"])
             assert samples and all(s.original != s.adversarial for s in samples)
+        clean = [c for c in cells if c["attack"] is None]  # masking checked in embedding space
+        assert clean and all(c["metrics"]["masking_unbounded_attack_fails"] == 0 for c in clean)
         embedding = [c for c in cells if c["attack"] == "embedding_pgd"]
         assert embedding and all(c["metrics"]["mean_linf"] <= 0.1 + 1e-5 for c in embedding)
         assert not any(math.isnan(c["metrics"]["mean_l0"]) for c in embedding)

@@ -24,14 +24,18 @@ A flagged model's robust accuracy is an upper bound until adaptive attacks (EOT,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from medrobust.attacks.base import Attack, text_model
 from medrobust.attacks.gradient import FGSM, PGD
+from medrobust.attacks.text import EmbeddingFGSM, EmbeddingPGD
 from medrobust.metrics import predictions
+from medrobust.models.text import PAD_ID
 from medrobust.training import classification_loss
-from medrobust.types import Domain
+from medrobust.types import UNBOUNDED, Domain
 
 MASKING_CHECKS = (
     "randomized_output",
@@ -41,22 +45,42 @@ MASKING_CHECKS = (
 )
 
 
-def _broken_share(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> float:
+def _broken_share(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, x_adv: torch.Tensor
+) -> float:
     """Share of the correctly classified examples that ``x_adv`` makes wrong (NaN if none)."""
     with torch.no_grad():
-        clean = predictions(model(x)) == y
-        broken = predictions(model(x_adv)) != y
+        clean = predictions(model(x)).to(y.device) == y
+    broken = predictions(attack.adversarial_logits(model, x, x_adv)).to(y.device) != y
     return float((clean & broken).sum()) / int(clean.sum()) if bool(clean.any()) else math.nan
+
+
+def _input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Loss gradient with respect to the inputs, or to the token embeddings of text, (N, -1)."""
+    with torch.backends.cudnn.flags(enabled=False):
+        if x.is_floating_point():
+            x_var = x.clone().requires_grad_(True)
+            logits = model(x_var)
+        else:
+            text = text_model(model, "masking_checks")
+            x_var = text.embed(x).detach().requires_grad_(True)
+            logits = text.forward_embeddings(x_var, x)
+        loss = classification_loss(logits, y) * len(y)
+        return torch.autograd.grad(loss, x_var)[0].flatten(1)
 
 
 def masking_checks(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, domain: Domain, *, seed: int = 0
 ) -> dict[str, bool]:
-    """Run the gradient-masking checks on a batch of continuous inputs.
+    """Run the gradient-masking checks on a batch of inputs.
+
+    Continuous inputs are attacked with FGSM and PGD; token ids of a text model in embedding
+    space (EmbeddingFGSM, EmbeddingPGD), where the unbounded budget is 10 standard deviations
+    of the token embeddings.
 
     Args:
         model: the evaluated model (its mode is restored).
-        x: inputs, shape (N, ...), inside ``domain``.
+        x: inputs, shape (N, ...), inside ``domain``; or int64 token ids (N, L).
         y: their labels, shape (N,).
         domain: the input domain.
         seed: seed of the unbounded attack's random start.
@@ -66,22 +90,27 @@ def masking_checks(
     try:
         with torch.no_grad():
             randomized = not torch.equal(model(x), model(x))
-        x_var = x.clone().requires_grad_(True)
-        with torch.backends.cudnn.flags(enabled=False):
-            loss = classification_loss(model(x_var), y) * len(y)
-            grad = torch.autograd.grad(loss, x_var)[0].flatten(1)
+        grad = _input_gradient(model, x, y)
         vanishing = bool((~torch.isfinite(grad)).any()) or bool(
             ((grad.abs().amax(dim=1) == 0).float().mean() > 0.5).item()
         )
-        scale = domain.width if domain.bounded else 10.0 * float(x.std())
-        attack = PGD(norm="linf", eps=scale, steps=100, restarts=3, domain=domain, seed=seed)
-        rate = _broken_share(model, x, y, attack(model, x, y))
+        single_step: Callable[..., Attack] = FGSM
+        iterative: Callable[..., Attack] = PGD
+        if x.is_floating_point():
+            scale = domain.width if domain.bounded else 10.0 * float(x.std())
+        else:
+            single_step, iterative, domain = EmbeddingFGSM, EmbeddingPGD, UNBOUNDED
+            with torch.no_grad():
+                embedded = text_model(model, "masking_checks").embed(x)
+            scale = 10.0 * float(embedded[x != PAD_ID].std())
+        unbounded = iterative(eps=scale, steps=100, restarts=3, domain=domain, seed=seed)
+        rate = _broken_share(model, x, y, unbounded, unbounded(model, x, y))
         unbounded_fails = not math.isnan(rate) and rate < 0.95
         small = 0.03 * scale
-        single = FGSM(norm="linf", eps=small, domain=domain)(model, x, y)
-        iterative = PGD(norm="linf", eps=small, steps=10, domain=domain, seed=seed)(model, x, y)
-        iterative_weaker = _broken_share(model, x, y, iterative) < _broken_share(
-            model, x, y, single
+        fgsm = single_step(eps=small, domain=domain)
+        pgd = iterative(eps=small, steps=10, domain=domain, seed=seed)
+        iterative_weaker = _broken_share(model, x, y, pgd, pgd(model, x, y)) < _broken_share(
+            model, x, y, fgsm, fgsm(model, x, y)
         )
     finally:
         model.train(was_training)

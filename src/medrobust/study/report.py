@@ -112,7 +112,7 @@ def clean_table(cells: list[dict[str, Any]]) -> Table:
             if hits:
                 flags.append(f"{check.replace('_', ' ')} ({hits}/{len(runs)})")
         checked = any(f"masking_{MASKING_CHECKS[0]}" in r for r in runs)
-        row.append("; ".join(flags) or ("none" if checked else "not checked (discrete inputs)"))
+        row.append("; ".join(flags) or ("none" if checked else "not checked"))
         rows.append(tuple(row))
         records.append(record)
     header = (

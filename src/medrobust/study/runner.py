@@ -177,17 +177,17 @@ def evaluate_cell(
         )
         rows = [ExampleRow(i, int(labels[i]), int(pred[i])) for i in range(len(labels))]
         metrics = _prefixed("clean", clean.as_dict())
-        if x_test.is_floating_point():  # gradient attacks apply: check for masked gradients
-            rng = np.random.default_rng(derive_seed(cell.split_seed, "masking", cell.trial))
-            probe = np.sort(rng.choice(len(labels), size=min(len(labels), 100), replace=False))
-            flags = masking_checks(
-                model,
-                x_test[probe],
-                y_test[probe].to(x_test.device),
-                task.domain,
-                seed=cell.init_seed,
-            )
-            metrics.update({f"masking_{k}": float(v) for k, v in flags.items()})
+        # Gradient-masking checks (text models in embedding space) on a seeded probe.
+        rng = np.random.default_rng(derive_seed(cell.split_seed, "masking", cell.trial))
+        probe = np.sort(rng.choice(len(labels), size=min(len(labels), 100), replace=False))
+        flags = masking_checks(
+            model,
+            x_test[probe],
+            y_test[probe].to(x_test.device),
+            task.domain,
+            seed=cell.init_seed,
+        )
+        metrics.update({f"masking_{k}": float(v) for k, v in flags.items()})
         return CellOutcome(metrics, rows)
 
     rng = np.random.default_rng(derive_seed(cell.split_seed, "subset", cell.trial))
