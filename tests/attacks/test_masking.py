@@ -68,9 +68,9 @@ def test_plain_mlp_raises_no_flag(trained: Callable[[str], Trained]) -> None:
 def test_randomized_and_quantized_models_are_flagged(trained: Callable[[str], Trained]) -> None:
     victim = trained("mlp")
     x, y = victim.split("test", 100)
-    noisy = masking_checks(_Noisy(victim.model), x, y, UNBOUNDED)
+    noisy = masking_checks(_Noisy(victim.model).eval(), x, y, UNBOUNDED)
     assert noisy["randomized_output"]
-    quantized = masking_checks(_Quantized(victim.model), x, y, UNBOUNDED)
+    quantized = masking_checks(_Quantized(victim.model).eval(), x, y, UNBOUNDED)
     assert quantized["vanishing_gradients"] and not quantized["randomized_output"]
     assert quantized["unbounded_attack_fails"]  # the attack sees no gradient to follow
 
@@ -82,5 +82,5 @@ def test_text_model_is_checked_in_embedding_space(trained: Callable[[str], Train
     assert set(flags) == set(MASKING_CHECKS)
     assert not any(flags.values()), flags
     assert isinstance(victim.model, TransformerClassifier)
-    noisy = masking_checks(_NoisyText(victim.model), x, y, victim.task.domain)
+    noisy = masking_checks(_NoisyText(victim.model).eval(), x, y, victim.task.domain)
     assert noisy["randomized_output"] and not noisy["vanishing_gradients"]

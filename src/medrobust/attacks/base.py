@@ -43,17 +43,19 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> torch.
     For L-inf the result lies in both sets; for L2, clipping to the domain after the ball
     projection can only shrink the perturbation, so the result stays in both sets too.
     """
+    # In place after the first allocation: on large inputs a fresh tensor costs as much as the
+    # arithmetic.
     delta = x_adv - x
     if threat.norm is Norm.LINF:
-        delta = delta.clamp(-threat.eps, threat.eps)
+        delta.clamp_(-threat.eps, threat.eps)
     elif threat.norm is Norm.L2:
         norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
         factor = (threat.eps / norms).clamp(max=1.0)
-        delta = delta * factor.view(-1, *([1] * (delta.dim() - 1)))
-    out = x + delta
+        delta.mul_(factor.view(-1, *([1] * (delta.dim() - 1))))
+    out = delta.add_(x)
     low, high = threat.domain.low, threat.domain.high
     if math.isfinite(low) or math.isfinite(high):
-        out = out.clamp(
+        out.clamp_(
             min=low if math.isfinite(low) else None, max=high if math.isfinite(high) else None
         )
     return out
@@ -191,10 +193,12 @@ class Attack(abc.ABC):
                 )
         if self.inputs == "tokens":
             return  # ids are checked against the model's vocabulary in _validate_model
-        if not torch.isfinite(x).all():
+        # One pass over the values: NaN propagates through the extremes, infinities show in them.
+        seen_low, seen_high = (float(v) for v in torch.aminmax(x))
+        if not (math.isfinite(seen_low) and math.isfinite(seen_high)):
             raise InputError(f"{owner} got inputs with NaN or Inf values.")
         domain = self.threat.domain
-        if bool((x < domain.low).any()) or bool((x > domain.high).any()):
+        if seen_low < domain.low or seen_high > domain.high:
             raise InputError(
                 f"{owner} got inputs outside the domain [{domain.low}, {domain.high}]."
             )

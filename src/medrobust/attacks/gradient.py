@@ -1,7 +1,15 @@
-"""Gradient attacks on continuous inputs: FGSM and PGD under L-inf and L2 budgets."""
+"""Gradient attacks on continuous inputs: FGSM and PGD under L-inf and L2 budgets.
+
+Their cost is the model's forward+backward passes and little else: FGSM makes one, PGD one per
+step and point still attacked (no final check unless restarts need it). Where the first pass is
+taken at the clean inputs (FGSM; PGD without a random start), the forward that validates the
+model's outputs is run on the whole batch and its graph reused for that pass, so validation adds
+no forward of its own.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -38,9 +46,75 @@ def _step_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
     return grad / _expand(norms, grad)
 
 
-class FGSM(Attack):
+def _step(x: torch.Tensor, grad: torch.Tensor, size: float, norm: Norm) -> torch.Tensor:
+    """``x + size * direction(grad)``, written over ``grad`` where it is safe: on large inputs a
+    fresh allocation costs as much as the arithmetic."""
+    if norm is Norm.LINF and grad.is_contiguous() and grad.shape == x.shape:
+        return torch.add(x, grad.sign_(), alpha=size, out=grad)
+    return torch.add(x, _step_direction(grad, norm), alpha=size)
+
+
+class _GradientAttack(Attack):
+    """Shares the validation forward with the first gradient pass when both see the clean batch.
+
+    ``Attack.__call__`` asks ``_num_outputs`` for the model's number of logits before it calls
+    ``_perturb``. Here that forward runs on the whole batch with autograd on, and ``_perturb``
+    takes its graph as the first pass (checked to be for the same model and inputs), so that
+    validating costs no extra forward. The graph lives only between those two calls.
+    """
+
+    _first_pass: tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _starts_at_clean_inputs(self) -> bool:
+        """Whether the first gradient pass is taken at the clean inputs."""
+        return True
+
+    def _num_outputs(self, model: nn.Module, x: torch.Tensor) -> int:
+        self._first_pass = None
+        if not self._starts_at_clean_inputs():
+            return super()._num_outputs(model, x)
+        x_var = x.detach().requires_grad_(True)
+        try:
+            with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
+                logits = model(x_var)
+        except (RuntimeError, ValueError, IndexError):
+            # The base class names the problem; if one input runs, _perturb meets it again.
+            return super()._num_outputs(model, x)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != len(x):
+            return super()._num_outputs(model, x)
+        self._first_pass = (model, x, x_var, logits)
+        return int(logits.shape[1])
+
+    def _validate_labels(
+        self, y: torch.Tensor, target: torch.Tensor | None, num_outputs: int
+    ) -> None:
+        try:
+            super()._validate_labels(y, target, num_outputs)
+        except Exception:
+            self._first_pass = None  # do not keep the graph alive past a failed call
+            raise
+
+    def _take_first_pass(
+        self, model: nn.Module, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The leaf and logits of the validation forward, if it was on ``model`` at ``x``."""
+        cached, self._first_pass = self._first_pass, None
+        if cached is None:
+            return None
+        owner, x_seen, x_var, logits = cached
+        if owner is not model or x_seen.shape != x.shape or x_seen.dtype != x.dtype:
+            return None
+        # Attack.__call__ hands _perturb a copy of the inputs it validated; a strided sample of
+        # them (a full comparison costs as much as a step) guards against any other caller.
+        stride = max(1, x.numel() // 4096)
+        if not torch.equal(x_seen.reshape(-1)[::stride], x.reshape(-1)[::stride]):
+            return None
+        return x_var, logits
+
+
+class FGSM(_GradientAttack):
     """Fast Gradient Sign Method (Goodfellow et al. 2015); the L2 variant steps along the
-    normalised gradient (the "fast gradient method").
+    normalised gradient (the "fast gradient method"). One forward+backward pass.
 
     Shape:
         x (N, ...) -> (N, ...)
@@ -51,15 +125,21 @@ class FGSM(Attack):
     def _perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
     ) -> torch.Tensor:
-        x_var = x.clone().requires_grad_(True)
-        grad = torch.autograd.grad(_objective(model(x_var), y, target), x_var)[0]
-        return x + self.eps * _step_direction(grad, self.threat.norm)
+        first = self._take_first_pass(model, x)
+        with torch.enable_grad():
+            if first is None:
+                x_var = x.clone().requires_grad_(True)
+                first = x_var, model(x_var)
+            grad = torch.autograd.grad(_objective(first[1], y, target), first[0])[0]
+        return _step(x, grad, self.eps, self.threat.norm)
 
 
-class PGD(Attack):
+class PGD(_GradientAttack):
     """Projected Gradient Descent (Madry et al. 2018), L-inf or L2, with an optional random start
     and restarts. Points that are already adversarial stop being perturbed when
-    ``stop_when_adversarial`` is on, so evaluation spends no passes on them.
+    ``stop_when_adversarial`` is on, so evaluation spends no passes on them: the check reuses the
+    logits of each step's gradient pass. A run makes one forward+backward pass per step and
+    point still attacked; only restarts add a forward, to find the points left to attack.
 
     Args:
         steps: gradient steps per restart.
@@ -102,6 +182,9 @@ class PGD(Attack):
             "restarts": self.restarts,
         }
 
+    def _starts_at_clean_inputs(self) -> bool:
+        return not self.random_start
+
     def _random_start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.threat.norm is Norm.LINF:
             noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -113,6 +196,17 @@ class PGD(Attack):
         radius = radius.pow(1.0 / dims) * self.eps
         return project(x + direction * _expand(radius, x), x, self.threat)
 
+    def _linf_box(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-coordinate bounds of the L-inf ball intersected with the domain: clamping to them
+        is :func:`project` in one operation."""
+        low, high = self.threat.domain.low, self.threat.domain.high
+        lower, upper = x - self.eps, x + self.eps
+        if math.isfinite(low):
+            lower.clamp_(min=low)
+        if math.isfinite(high):
+            upper.clamp_(max=high)
+        return lower, upper
+
     def _run(
         self,
         model: nn.Module,
@@ -120,45 +214,81 @@ class PGD(Attack):
         y: torch.Tensor,
         target: torch.Tensor | None,
         generator: torch.Generator,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One restart; returns the adversarial inputs and which of them fool the model."""
+        *,
+        first: tuple[torch.Tensor, torch.Tensor] | None = None,
+        need_status: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One restart; returns the adversarial inputs and, if ``need_status``, which of them
+        fool the model. ``first`` is a gradient pass already taken at the starting point."""
         step = self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+        linf = self.threat.norm is Norm.LINF
         x_adv = self._random_start(x, generator) if self.random_start else x.clone()
+        box = self._linf_box(x) if linf else None
         done = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        for _ in range(self.steps):
-            active = (~done).nonzero().squeeze(1)
-            if len(active) == 0:
-                break
-            x_var = x_adv[active].clone().requires_grad_(True)
-            logits = model(x_var)
-            t_active = target[active] if target is not None else None
+        active: torch.Tensor | None = None  # indices still attacked; None while all are
+        for i in range(self.steps):
+            if active is None:
+                x_cur, x_org, y_cur, t_cur, b_cur = x_adv, x, y, target, box
+            else:
+                x_cur, x_org, y_cur = x_adv[active], x[active], y[active]
+                t_cur = target[active] if target is not None else None
+                b_cur = (box[0][active], box[1][active]) if box is not None else None
+            with torch.enable_grad():
+                if i == 0 and first is not None:
+                    x_var, logits = first
+                else:
+                    x_var = x_cur.detach().requires_grad_(True)
+                    logits = model(x_var)
+                grad = torch.autograd.grad(_objective(logits, y_cur, t_cur), x_var)[0]
+            moved = _step(x_cur, grad, step, self.threat.norm)
+            if b_cur is not None:
+                moved.clamp_(b_cur[0], b_cur[1])
+            else:
+                moved = project(moved, x_org, self.threat)
+            fooled = None
             if self.stop_when_adversarial:
-                fooled = _adversarial(logits.detach(), y[active], t_active)
-                done[active[fooled]] = True
-            grad = torch.autograd.grad(_objective(logits, y[active], t_active), x_var)[0]
-            moved = project(
-                x_var.detach() + step * _step_direction(grad, self.threat.norm),
-                x[active],
-                self.threat,
-            )
-            keep = done[active]
-            x_adv[active] = torch.where(_expand(keep, moved), x_adv[active], moved)
-        with torch.no_grad():
-            fooled = _adversarial(model(x_adv), y, target)
-        return x_adv, fooled
+                fooled = _adversarial(logits.detach(), y_cur, t_cur)
+                if bool(fooled.any()):
+                    moved = torch.where(_expand(fooled, moved), x_cur, moved)
+                else:
+                    fooled = None
+            if active is None:
+                x_adv = moved
+            else:
+                x_adv[active] = moved
+            if fooled is not None:
+                done[fooled.nonzero().squeeze(1) if active is None else active[fooled]] = True
+                active = (~done).nonzero().squeeze(1)
+                if len(active) == 0:
+                    break
+        if not need_status:
+            return x_adv, None
+        fooled_now = done.clone()
+        rest = (~done).nonzero().squeeze(1)
+        if len(rest):
+            with torch.no_grad():
+                t_rest = target[rest] if target is not None else None
+                fooled_now[rest] = _adversarial(model(x_adv[rest]), y[rest], t_rest)
+        return x_adv, fooled_now
 
     def _perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
     ) -> torch.Tensor:
         generator = torch.Generator(device=x.device)
         generator.manual_seed(self.seed)
-        best, fooled = self._run(model, x, y, target, generator)
+        first = self._take_first_pass(model, x)
+        need_status = self.restarts > 1  # only restarts need to know which points fool it
+        best, fooled = self._run(
+            model, x, y, target, generator, first=first, need_status=need_status
+        )
         for _ in range(self.restarts - 1):
-            todo = (~fooled).nonzero().squeeze(1)
-            if len(todo) == 0:
+            if fooled is None or bool(fooled.all()):
                 break
+            todo = (~fooled).nonzero().squeeze(1)
             t_todo = target[todo] if target is not None else None
             candidate, hit = self._run(model, x[todo], y[todo], t_todo, generator)
+            if hit is None:
+                break
             best[todo] = torch.where(_expand(hit, candidate), candidate, best[todo])
             fooled[todo] = hit
         return best
