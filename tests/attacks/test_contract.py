@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from medrobust.attacks import ATTACKS, Attack, project
+from medrobust.attacks import ATTACKS, PGD, Attack, project
 from medrobust.data import get_task_spec
 from medrobust.errors import InputError, ParameterError
 from medrobust.metrics import perturbation_norms, predictions, success_rate
@@ -751,3 +751,19 @@ def test_projection_direction_is_kept_for_l2():
     torch.testing.assert_close(projected, torch.tensor([[0.6, 0.8, 0.0, 0.0]]))
     clipped = project(x_adv, x, ThreatModel(Norm.LINF, 1.0))
     torch.testing.assert_close(clipped, torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
+
+
+def test_margin_loss_breaks_points_where_cross_entropy_saturates(victim) -> None:
+    """A confidently classified point has a cross-entropy gradient of exactly zero in float32;
+    the logit margin still moves it."""
+    v = victim("mlp")
+    x, y = data(v)
+    x = x * 50  # far from the boundary: softmax saturates at 1
+    ce = PGD(eps=60.0, steps=20, random_start=False, seed=0)
+    margin = PGD(eps=60.0, steps=20, random_start=False, loss="margin", seed=0)
+    broken = [
+        float((labels_of(v.model, a(v.model, x, y)) != y.numpy()).mean()) for a in (ce, margin)
+    ]
+    assert broken[1] > 0.9 and broken[1] > broken[0] + 0.5, broken
+    with pytest.raises(ParameterError, match=r"'loss' parameter of PGD must be one of"):
+        PGD(eps=0.1, loss="hinge")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from medrobust.attacks.base import Attack, _check_number, project
+from medrobust.errors import ParameterError
 from medrobust.metrics import predictions
 from medrobust.training import classification_loss
 from medrobust.types import Norm
@@ -37,6 +38,80 @@ def _objective(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | Non
     if target is None:
         return classification_loss(logits, y) * len(y)
     return -classification_loss(logits, target) * len(y)
+
+
+def _margin_objective(
+    logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+) -> torch.Tensor:
+    """Summed logit margin to ascend (Carlini & Wagner 2017): the best other logit minus the
+    true one, or the target logit minus the best other. Unlike cross-entropy it never saturates,
+    so a confidently classified point still has a gradient. A one-logit model z is the pair
+    [-z/2, z/2]."""
+    if logits.shape[1] == 1:
+        logits = torch.cat([-logits / 2, logits / 2], dim=1)
+    label = (y if target is None else target).unsqueeze(1)
+    own = logits.gather(1, label).squeeze(1)
+    others = logits.scatter(1, label, float("-inf")).amax(dim=1)
+    margin = others - own if target is None else own - others
+    return margin.sum()
+
+
+LOSSES = {"ce": _objective, "margin": _margin_objective}
+
+
+class IterativeSettings:
+    """The hyperparameters that PGD in input space and in embedding space share.
+
+    Args:
+        steps: gradient steps per restart.
+        step_size: step length; default ``2.5 * eps / steps``.
+        random_start: start from a uniform point of the ball.
+        restarts: independent random restarts; a point counts as broken if any restart breaks it.
+        loss: ``"ce"`` (cross-entropy) or ``"margin"`` (the logit margin of Carlini & Wagner,
+            which does not saturate on confidently classified points).
+    """
+
+    steps: int
+    step_size: float | None
+    random_start: bool
+    restarts: int
+    loss: str
+
+    def _set_iterative(
+        self,
+        owner: str,
+        steps: int,
+        step_size: float | None,
+        random_start: bool,
+        restarts: int,
+        loss: str,
+    ) -> None:
+        _check_number(owner, "steps", steps, minimum=1, integer=True)
+        _check_number(owner, "restarts", restarts, minimum=1, integer=True)
+        if step_size is not None:
+            _check_number(owner, "step_size", step_size, minimum=0)
+        if loss not in LOSSES:
+            raise ParameterError(
+                f"The 'loss' parameter of {owner} must be one of {sorted(LOSSES)}. "
+                f"Got {loss!r} instead."
+            )
+        self.steps, self.step_size, self.restarts = steps, step_size, restarts
+        self.random_start = bool(random_start)
+        self.loss = loss
+
+    def _iterative_params(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "random_start": self.random_start,
+            "restarts": self.restarts,
+            "loss": self.loss,
+        }
+
+    def _loss_to_ascend(
+        self, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
+    ) -> torch.Tensor:
+        return LOSSES[self.loss](logits, y, target)
 
 
 def _step_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
@@ -134,7 +209,7 @@ class FGSM(_GradientAttack):
         return _step(x, grad, self.eps, self.threat.norm)
 
 
-class PGD(_GradientAttack):
+class PGD(_GradientAttack, IterativeSettings):
     """Projected Gradient Descent (Madry et al. 2018), L-inf or L2, with an optional random start
     and restarts. Points that are already adversarial stop being perturbed when
     ``stop_when_adversarial`` is on, so evaluation spends no passes on them: the check reuses the
@@ -142,10 +217,7 @@ class PGD(_GradientAttack):
     point still attacked; only restarts add a forward, to find the points left to attack.
 
     Args:
-        steps: gradient steps per restart.
-        step_size: step length; default ``2.5 * eps / steps``.
-        random_start: start from a uniform point of the ball.
-        restarts: independent random restarts; a point counts as broken if any restart breaks it.
+        steps, step_size, random_start, restarts, loss: see :class:`IterativeSettings`.
         **kwargs: norm, eps, domain, stop_when_adversarial, seed (see :class:`Attack`).
 
     Shape:
@@ -161,26 +233,14 @@ class PGD(_GradientAttack):
         step_size: float | None = None,
         random_start: bool = True,
         restarts: int = 1,
+        loss: str = "ce",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check_number("PGD", "steps", steps, minimum=1, integer=True)
-        _check_number("PGD", "restarts", restarts, minimum=1, integer=True)
-        if step_size is not None:
-            _check_number("PGD", "step_size", step_size, minimum=0)
-        self.steps = steps
-        self.step_size = step_size
-        self.random_start = bool(random_start)
-        self.restarts = restarts
+        self._set_iterative("PGD", steps, step_size, random_start, restarts, loss)
 
     def params(self) -> dict[str, Any]:
-        return {
-            **super().params(),
-            "steps": self.steps,
-            "step_size": self.step_size,
-            "random_start": self.random_start,
-            "restarts": self.restarts,
-        }
+        return {**super().params(), **self._iterative_params()}
 
     def _starts_at_clean_inputs(self) -> bool:
         return not self.random_start
@@ -239,7 +299,7 @@ class PGD(_GradientAttack):
                 else:
                     x_var = x_cur.detach().requires_grad_(True)
                     logits = model(x_var)
-                grad = torch.autograd.grad(_objective(logits, y_cur, t_cur), x_var)[0]
+                grad = torch.autograd.grad(self._loss_to_ascend(logits, y_cur, t_cur), x_var)[0]
             moved = _step(x_cur, grad, step, self.threat.norm)
             if b_cur is not None:
                 moved.clamp_(b_cur[0], b_cur[1])

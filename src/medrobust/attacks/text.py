@@ -36,7 +36,13 @@ import torch
 from torch import nn
 
 from medrobust.attacks.base import Attack, _check_number, project, text_model
-from medrobust.attacks.gradient import _adversarial, _expand, _objective, _step_direction
+from medrobust.attacks.gradient import (
+    IterativeSettings,
+    _adversarial,
+    _expand,
+    _objective,
+    _step_direction,
+)
 from medrobust.errors import ParameterError
 from medrobust.metrics import perturbation_norms
 from medrobust.models.text import SPECIAL_TOKENS, TextModel
@@ -151,17 +157,16 @@ class EmbeddingFGSM(_EmbeddingAttack):
         return clean + self.eps * _step_direction(grad, self.threat.norm)
 
 
-class EmbeddingPGD(_EmbeddingAttack):
+class EmbeddingPGD(_EmbeddingAttack, IterativeSettings):
     """PGD (Madry et al. 2018) on the token embeddings of a text model, L-inf or L2, with an
     optional random start and restarts; the embedding-space attack of the NLP robustness studies
     (e.g. Zhu et al. 2020, FreeLB). Points that are already adversarial stop being perturbed
     when ``stop_when_adversarial`` is on.
 
     Args:
-        steps: gradient steps per restart.
-        step_size: step length in embedding units; default ``2.5 * eps / steps``.
-        random_start: start from a uniform point of the ball (over the non-padding positions).
-        restarts: independent random restarts; a point counts as broken if any restart breaks it.
+        steps, step_size, random_start, restarts, loss: see
+            :class:`~medrobust.attacks.gradient.IterativeSettings`; the step size is in embedding
+            units, and a random start covers the non-padding positions.
         **kwargs: norm ("linf" or "l2"), eps (in embedding units, see the module docstring),
             domain (kept for a uniform interface; embeddings are not clipped),
             stop_when_adversarial, seed (see :class:`~medrobust.attacks.base.Attack`).
@@ -179,27 +184,14 @@ class EmbeddingPGD(_EmbeddingAttack):
         step_size: float | None = None,
         random_start: bool = True,
         restarts: int = 1,
+        loss: str = "ce",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        owner = type(self).__name__
-        _check_number(owner, "steps", steps, minimum=1, integer=True)
-        _check_number(owner, "restarts", restarts, minimum=1, integer=True)
-        if step_size is not None:
-            _check_number(owner, "step_size", step_size, minimum=0)
-        self.steps = steps
-        self.step_size = step_size
-        self.random_start = bool(random_start)
-        self.restarts = restarts
+        self._set_iterative(type(self).__name__, steps, step_size, random_start, restarts, loss)
 
     def params(self) -> dict[str, Any]:
-        return {
-            **super().params(),
-            "steps": self.steps,
-            "step_size": self.step_size,
-            "random_start": self.random_start,
-            "restarts": self.restarts,
-        }
+        return {**super().params(), **self._iterative_params()}
 
     def _random_start(
         self, clean: torch.Tensor, keep: torch.Tensor, generator: torch.Generator
@@ -242,7 +234,7 @@ class EmbeddingPGD(_EmbeddingAttack):
             if self.stop_when_adversarial:
                 fooled = _adversarial(logits.detach(), y[active], t_active)
                 done[active[fooled]] = True
-            grad = torch.autograd.grad(_objective(logits, y[active], t_active), var)[0]
+            grad = torch.autograd.grad(self._loss_to_ascend(logits, y[active], t_active), var)[0]
             grad = torch.where(keep[active], grad, torch.zeros_like(grad))
             moved = self._to_ball(
                 var.detach() + step * _step_direction(grad, self.threat.norm),
