@@ -7,11 +7,14 @@ helpers here turn either into class predictions and class-1 / per-class scores.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+
+from medrobust.errors import InputError
 
 
 def predictions(logits: torch.Tensor) -> torch.Tensor:
@@ -127,3 +130,30 @@ def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, np.nda
         "l2": delta.norm(dim=1).numpy(),
         "l0": (delta != 0).sum(dim=1).double().numpy(),
     }
+
+
+def certified_accuracy(
+    radii: torch.Tensor | np.ndarray | Sequence[float],
+    correct: torch.Tensor | np.ndarray | Sequence[bool],
+    radii_grid: Sequence[float] | torch.Tensor | np.ndarray,
+) -> np.ndarray:
+    """Fraction of examples both correctly classified and certified at radius ``>= r``, for each
+    ``r`` of ``radii_grid``.
+
+    Shape:
+        radii (N,), correct (N,), radii_grid (R,) -> (R,)
+    """
+    radius = np.asarray(torch.as_tensor(radii).detach().cpu(), dtype=np.float64)
+    right = np.asarray(torch.as_tensor(correct).detach().cpu()).astype(bool)
+    grid = np.asarray(radii_grid, dtype=np.float64)
+    if radius.ndim != 1 or right.shape != radius.shape or len(radius) == 0:
+        raise InputError(
+            "The 'radii' and 'correct' of certified_accuracy must be non-empty 1-D arrays of the "
+            f"same length. Got shapes {radius.shape} and {right.shape} instead."
+        )
+    if grid.ndim != 1 or np.isnan(grid).any():
+        raise InputError(
+            "The 'radii_grid' of certified_accuracy must be a 1-D sequence of numbers. "
+            f"Got shape {grid.shape} instead."
+        )
+    return np.asarray([(right & (radius >= r)).mean() for r in grid], dtype=np.float64)

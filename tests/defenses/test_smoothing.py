@@ -18,7 +18,7 @@ from medrobust.defenses.smoothing import (
     ABSTAIN,
     GaussianNoiseAugmentation,
     SmoothedClassifier,
-    certified_accuracy,
+    smoothed_certified_accuracy,
     two_sided_binomial_p,
 )
 from medrobust.errors import InputError, ParameterError
@@ -143,12 +143,12 @@ def test_no_pgd_example_inside_the_certified_radius(
     assert changed[4.0] >= len(certified) // 2
 
 
-def test_certified_accuracy_on_wisconsin_is_non_increasing(
+def test_smoothed_certified_accuracy_on_wisconsin_is_non_increasing(
     wisconsin_certified: dict[str, Any],
 ) -> None:
     data = wisconsin_certified
     grid = np.linspace(0.0, 2.0, 21)
-    accuracy = certified_accuracy(data["labels"], data["radii"], data["y"], grid)
+    accuracy = smoothed_certified_accuracy(data["labels"], data["radii"], data["y"], grid)
     assert accuracy.shape == grid.shape and accuracy.dtype == np.float64
     assert np.all(np.diff(accuracy) <= 0)
     clean = float(
@@ -158,16 +158,16 @@ def test_certified_accuracy_on_wisconsin_is_non_increasing(
     assert accuracy[0] >= 0.8
 
 
-def test_certified_accuracy_counts_abstentions_as_wrong() -> None:
+def test_smoothed_certified_accuracy_counts_abstentions_as_wrong() -> None:
     labels = np.array([1, ABSTAIN, 0, 1])
     radii = np.array([0.5, 0.0, 1.0, 0.2])
     y = torch.tensor([1, 0, 1, 1])
-    accuracy = certified_accuracy(labels, radii, y, [0.0, 0.3, 0.6])
+    accuracy = smoothed_certified_accuracy(labels, radii, y, [0.0, 0.3, 0.6])
     np.testing.assert_allclose(accuracy, [0.5, 0.25, 0.0])
     # Even a label of -1 in y does not make an abstention right.
-    assert certified_accuracy([ABSTAIN], [0.0], [ABSTAIN], [0.0])[0] == 0.0
+    assert smoothed_certified_accuracy([ABSTAIN], [0.0], [ABSTAIN], [0.0])[0] == 0.0
     with pytest.raises(InputError, match="same length"):
-        certified_accuracy(labels, radii[:3], y, [0.0])
+        smoothed_certified_accuracy(labels, radii[:3], y, [0.0])
 
 
 def test_gaussian_noise_augmentation_trains_under_noise(trained: Callable[[str], Any]) -> None:
@@ -186,7 +186,7 @@ def test_gaussian_noise_augmentation_trains_under_noise(trained: Callable[[str],
     x_test, y_test = mlp.split("test", 50)
     smoothed = SmoothedClassifier(base, SIGMA_WISCONSIN, num_classes=2)
     labels, radii = smoothed.certify(x_test, n=500, seed=0)
-    assert certified_accuracy(labels, radii, y_test, [0.0])[0] >= 0.8
+    assert smoothed_certified_accuracy(labels, radii, y_test, [0.0])[0] >= 0.8
 
 
 def test_same_seed_same_answers_other_seed_other_radii() -> None:

@@ -30,6 +30,7 @@ from scipy.stats import beta, binom, norm
 from torch import nn
 
 from medrobust.errors import InputError, ParameterError
+from medrobust.metrics import certified_accuracy
 
 ABSTAIN = -1
 """The label :meth:`SmoothedClassifier.predict` and :meth:`SmoothedClassifier.certify` give
@@ -295,40 +296,28 @@ class SmoothedClassifier:
             raise InputError(f"{owner} got inputs with NaN or Inf values.")
 
 
-def certified_accuracy(
+def smoothed_certified_accuracy(
     labels: np.ndarray | torch.Tensor | Sequence[int],
     radii: np.ndarray | torch.Tensor | Sequence[float],
     y: np.ndarray | torch.Tensor | Sequence[int],
     radii_grid: np.ndarray | torch.Tensor | Sequence[float],
 ) -> np.ndarray:
-    """The fraction of points certified correct at each radius of ``radii_grid``: the label is
-    right and the certified radius is >= r. Abstentions (label -1) count as wrong.
+    """:func:`medrobust.metrics.certified_accuracy` of :meth:`SmoothedClassifier.certify`'s
+    output: a point counts if its label is right and its radius >= r; abstentions (label -1)
+    count as wrong.
 
     Shape:
         labels (N,), radii (N,), y (N,), radii_grid (R,) -> (R,) float64
     """
-    owner = "certified_accuracy"
-    arrays = {}
-    for name, value in (("labels", labels), ("radii", radii), ("y", y), ("radii_grid", radii_grid)):
-        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
-        array = np.asarray(array)
-        if array.ndim != 1:
-            raise InputError(f"{owner} needs a 1-D '{name}'. Got shape {array.shape}.")
-        arrays[name] = array
-    n = len(arrays["labels"])
-    if len(arrays["radii"]) != n or len(arrays["y"]) != n:
+    predicted = np.asarray(torch.as_tensor(labels).detach().cpu())
+    truth = np.asarray(torch.as_tensor(y).detach().cpu())
+    if predicted.shape != truth.shape:
         raise InputError(
-            f"{owner} needs labels, radii and y of the same length. Got "
-            f"{n}, {len(arrays['radii'])} and {len(arrays['y'])}."
+            f"smoothed_certified_accuracy needs labels and y of the same shape. Got "
+            f"{predicted.shape} and {truth.shape}."
         )
-    if n == 0:
-        raise InputError(f"{owner} needs at least one point.")
-    radius = arrays["radii"].astype(np.float64)
-    grid = arrays["radii_grid"].astype(np.float64)
-    correct = (arrays["labels"] == arrays["y"]) & (arrays["labels"] != ABSTAIN)
-    hits = correct[None, :] & (radius[None, :] >= grid[:, None])
-    accuracy: np.ndarray = hits.mean(axis=1).astype(np.float64)
-    return accuracy
+    correct = (predicted == truth) & (predicted != ABSTAIN)
+    return certified_accuracy(radii, correct, radii_grid)
 
 
 class GaussianNoiseAugmentation(nn.Module):
