@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,6 +228,7 @@ def fit(
     config: FitConfig | None = None,
     seed: int = 0,
     checkpoint: Path | None = None,
+    adversary: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` in place; keep the weights of the epoch with the lowest validation loss.
 
@@ -241,6 +243,11 @@ def fit(
         config: hyperparameters.
         seed: seed of the shuffling and of dropout.
         checkpoint: where to save the best state dict (atomically), if given.
+        adversary: adversarial training (Madry et al. 2018): each training batch is replaced by
+            ``adversary(model, x, y)``, e.g. a PGD attack, crafted against the current weights
+            (an :class:`~medrobust.attacks.Attack` runs in eval mode and restores training mode).
+            The kept epoch is then the one with the lowest loss on adversarial validation inputs
+            crafted by the same adversary (the most robust one, Rice et al. 2020).
     """
     config = config or FitConfig()
     if len(x_train) == 0 or len(x_val) == 0:
@@ -268,12 +275,18 @@ def fit(
             if len(idx) < 2 and len(order) > 1:
                 continue  # a batch of one breaks batch normalisation
             xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+            if adversary is not None:
+                xb = adversary(model, xb, yb).detach()
+                model.train()  # whatever the adversary did with the mode
             optimizer.zero_grad(set_to_none=True)
             loss = _loss(model, xb, yb, config, weight)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             running += float(loss.detach()) * len(idx)
-        val_loss = _evaluate_loss(model, x_val, y_val, config, weight)
+        x_check = x_val
+        if adversary is not None:  # keep the most robust epoch (Rice et al. 2020)
+            x_check = adversary(model, x_val.to(device), y_val.to(device)).detach()
+        val_loss = _evaluate_loss(model, x_check, y_val, config, weight)
         history.append({"epoch": epoch, "train_loss": running / len(order), "val_loss": val_loss})
         logger.debug("epoch %d train %.4f val %.4f", epoch, running / len(order), val_loss)
         if val_loss < best_loss - 1e-6:
