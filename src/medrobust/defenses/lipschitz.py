@@ -41,6 +41,7 @@ module applied other than once raises :class:`ParameterError`.
 
 from __future__ import annotations
 
+import abc
 import math
 import warnings
 from collections.abc import Sequence
@@ -99,7 +100,7 @@ class MaxMin(nn.Module):
         return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
 
 
-class _Spectral(nn.Module):
+class _Spectral(nn.Module, abc.ABC):
     """Spectral normalisation machinery shared by the Lipschitz layers.
 
     Subclasses define the operator (``_operator``), its adjoint (``_adjoint``), the per-example
@@ -121,20 +122,25 @@ class _Spectral(nn.Module):
         self.register_buffer("sigma", self._initial_sigma().detach().clone())
         self.register_buffer("_vector", torch.empty(0), persistent=False)
 
+    @abc.abstractmethod
     def _initial_sigma(self) -> torch.Tensor:
-        raise NotImplementedError
+        """A cheap guaranteed upper bound on the operator norm of the current weight."""
 
+    @abc.abstractmethod
     def _operator(self, v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The linear map of ``weight`` applied to ``v``."""
 
+    @abc.abstractmethod
     def _adjoint(self, u: torch.Tensor, weight: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-        raise NotImplementedError
+        """The adjoint map applied to ``u``, giving a vector of ``shape``."""
 
+    @abc.abstractmethod
     def _vector_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
-        raise NotImplementedError
+        """The per-example input shape the operator acts on, for inputs of ``x_shape``."""
 
+    @abc.abstractmethod
     def _forward_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The layer's output for ``x`` with ``weight`` in place of its own."""
 
     def _iterate(self, v: torch.Tensor, weight: torch.Tensor, iterations: int) -> torch.Tensor:
         shape = tuple(v.shape)
