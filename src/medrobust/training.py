@@ -117,18 +117,23 @@ def _class_weights(y: torch.Tensor, num_outputs: int, config: FitConfig) -> torc
     return (weights / weights.mean()).float()
 
 
+def per_example_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for K logits, binary cross-entropy for one logit, per example: (N,)."""
+    if logits.shape[1] == 1:
+        return nn.functional.binary_cross_entropy_with_logits(
+            logits[:, 0], y.to(logits.dtype), reduction="none"
+        )
+    return nn.functional.cross_entropy(logits, y, reduction="none")
+
+
 def classification_loss(
     logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Cross-entropy for K logits, binary cross-entropy for one logit (mean over the batch)."""
     if logits.shape[1] == 1:
-        target = y.to(logits.dtype)
         if weight is None:
-            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target)
-        per_example = nn.functional.binary_cross_entropy_with_logits(
-            logits[:, 0], target, reduction="none"
-        )
-        return (per_example * weight[y]).sum() / weight[y].sum()
+            return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype))
+        return (per_example_loss(logits, y) * weight[y]).sum() / weight[y].sum()
     return nn.functional.cross_entropy(logits, y, weight=weight)
 
 

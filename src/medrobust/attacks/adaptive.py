@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from medrobust.attacks.base import _check_number
+from medrobust.validation import check_number
 
 
 class ExpectationOverTransformation(nn.Module):
@@ -39,7 +39,7 @@ class ExpectationOverTransformation(nn.Module):
 
     def __init__(self, model: nn.Module, *, samples: int = 16):
         super().__init__()
-        _check_number("ExpectationOverTransformation", "samples", samples, minimum=1, integer=True)
+        check_number("ExpectationOverTransformation", "samples", samples, minimum=1, integer=True)
         self.model = model
         self.samples = samples
         self.train(model.training)  # a wrapper must not switch the model's mode when restored

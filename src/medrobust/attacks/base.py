@@ -33,6 +33,7 @@ from medrobust.metrics import perturbation_norms
 from medrobust.models.text import TextModel
 from medrobust.training import predict_logits
 from medrobust.types import UNBOUNDED, Domain, Modality, Norm, ThreatModel
+from medrobust.validation import check_number
 
 _INTEGER_DTYPES = (torch.int64, torch.int32)
 
@@ -59,17 +60,6 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> torch.
             min=low if math.isfinite(low) else None, max=high if math.isfinite(high) else None
         )
     return out
-
-
-def _check_number(
-    owner: str, name: str, value: Any, *, minimum: float, integer: bool = False
-) -> None:
-    kind = "an integer" if integer else "a number"
-    ok = isinstance(value, int) if integer else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or math.isnan(value) or value < minimum:
-        raise ParameterError(
-            f"The '{name}' parameter of {owner} must be {kind} >= {minimum}. Got {value!r} instead."
-        )
 
 
 def text_model(model: nn.Module, owner: str) -> TextModel:
@@ -128,8 +118,8 @@ class Attack(abc.ABC):
                 f"The 'norm' parameter of {type(self).__name__} must be one of "
                 f"{[n.value for n in self.norms]}. Got {parsed.value!r} instead."
             )
-        _check_number(type(self).__name__, "eps", eps, minimum=0)
-        _check_number(type(self).__name__, "seed", seed, minimum=0, integer=True)
+        check_number(type(self).__name__, "eps", eps, minimum=0)
+        check_number(type(self).__name__, "seed", seed, minimum=0, integer=True)
         self.threat = ThreatModel(parsed, float(eps), domain)
         self.stop_when_adversarial = bool(stop_when_adversarial)
         self.seed = seed

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, _check_number, project
+from medrobust.attacks.base import Attack, project
 from medrobust.errors import ParameterError
 from medrobust.metrics import predictions
 from medrobust.training import classification_loss
 from medrobust.types import Norm
+from medrobust.validation import check_number
 
 
 def _expand(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -86,10 +87,10 @@ class IterativeSettings:
         restarts: int,
         loss: str,
     ) -> None:
-        _check_number(owner, "steps", steps, minimum=1, integer=True)
-        _check_number(owner, "restarts", restarts, minimum=1, integer=True)
+        check_number(owner, "steps", steps, minimum=1, integer=True)
+        check_number(owner, "restarts", restarts, minimum=1, integer=True)
         if step_size is not None:
-            _check_number(owner, "step_size", step_size, minimum=0)
+            check_number(owner, "step_size", step_size, minimum=0)
         if loss not in LOSSES:
             raise ParameterError(
                 f"The 'loss' parameter of {owner} must be one of {sorted(LOSSES)}. "

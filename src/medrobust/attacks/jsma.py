@@ -26,10 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, _check_number
+from medrobust.attacks.base import Attack
 from medrobust.errors import ParameterError
 from medrobust.metrics import predictions
 from medrobust.types import Norm
+from medrobust.validation import check_number
 
 # Bytes held per scored pair at the peak of the pair search (two float sums and two masks, with
 # room to spare), and the first number of candidates the pair search tries.
@@ -92,8 +93,8 @@ class JSMA(Attack):
             raise ParameterError(
                 f"The 'theta' parameter of JSMA must be a non-zero number. Got {theta!r} instead."
             )
-        _check_number("JSMA", "candidates", candidates, minimum=2, integer=True)
-        _check_number("JSMA", "max_memory_mb", max_memory_mb, minimum=1)
+        check_number("JSMA", "candidates", candidates, minimum=2, integer=True)
+        check_number("JSMA", "max_memory_mb", max_memory_mb, minimum=1)
         self.theta = float(theta)
         self.pairwise = bool(pairwise)
         self.candidates = candidates

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, _check_number, project, text_model
+from medrobust.attacks.base import Attack, project, text_model
 from medrobust.attacks.gradient import (
     IterativeSettings,
     _adversarial,
@@ -46,7 +46,9 @@ from medrobust.attacks.gradient import (
 from medrobust.errors import ParameterError
 from medrobust.metrics import perturbation_norms
 from medrobust.models.text import SPECIAL_TOKENS, TextModel
+from medrobust.training import per_example_loss
 from medrobust.types import Modality, Norm, ThreatModel
+from medrobust.validation import check_number
 
 # train_tokenizer gives the special tokens the first ids, in the order of SPECIAL_TOKENS.
 DEFAULT_SPECIAL_IDS = tuple(range(len(SPECIAL_TOKENS)))
@@ -56,13 +58,7 @@ def _per_example_objective(
     logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None
 ) -> torch.Tensor:
     """Per-example loss to ascend (the summands of ``gradient._objective``), shape (N,)."""
-    labels = target if target is not None else y
-    if logits.shape[1] == 1:
-        loss = nn.functional.binary_cross_entropy_with_logits(
-            logits[:, 0], labels.to(logits.dtype), reduction="none"
-        )
-    else:
-        loss = nn.functional.cross_entropy(logits, labels, reduction="none")
+    loss = per_example_loss(logits, target if target is not None else y)
     return -loss if target is not None else loss
 
 
@@ -324,10 +320,10 @@ class HotFlip(Attack):
     ) -> None:
         kwargs.setdefault("norm", Norm.L0)
         super().__init__(**kwargs)
-        _check_number("HotFlip", "candidates", candidates, minimum=1, integer=True)
+        check_number("HotFlip", "candidates", candidates, minimum=1, integer=True)
         if max_tokens is not None:
-            _check_number("HotFlip", "max_tokens", max_tokens, minimum=0, integer=True)
-        _check_number("HotFlip", "max_memory_mb", max_memory_mb, minimum=1)
+            check_number("HotFlip", "max_tokens", max_tokens, minimum=0, integer=True)
+        check_number("HotFlip", "max_memory_mb", max_memory_mb, minimum=1)
         if (
             isinstance(special_ids, str | bytes)
             or not isinstance(special_ids, Sequence)

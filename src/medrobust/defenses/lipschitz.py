@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medrobust.errors import InputError, ParameterError
+from medrobust.validation import check_number
 
 ACTIVATIONS = ("maxmin", "relu")
 _TOLERANCE = 1e-6
@@ -71,14 +72,6 @@ def _check_bound(owner: str, bound: object, name: str = "bound") -> float:
             f"The '{name}' parameter of {owner} must be a finite number > 0. Got {bound!r} instead."
         )
     return float(bound)
-
-
-def _check_positive_int(owner: str, name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ParameterError(
-            f"The '{name}' parameter of {owner} must be an integer >= 1. Got {value!r} instead."
-        )
-    return value
 
 
 class MaxMin(nn.Module):
@@ -116,7 +109,9 @@ class _Spectral(nn.Module, abc.ABC):
 
     def _init_spectral(self, owner: str, bound: float, power_iterations: int) -> None:
         self.bound = _check_bound(owner, bound)
-        self.power_iterations = _check_positive_int(owner, "power_iterations", power_iterations)
+        self.power_iterations = int(
+            check_number(owner, "power_iterations", power_iterations, minimum=1, integer=True)
+        )
         # A guaranteed upper bound until training estimates sigma, so that an untrained layer in
         # eval mode already respects its bound.
         self.register_buffer("sigma", self._initial_sigma().detach().clone())
@@ -481,11 +476,11 @@ class LipschitzMLP(nn.Module):
     ) -> None:
         super().__init__()
         owner = "LipschitzMLP"
-        _check_positive_int(owner, "in_features", in_features)
-        _check_positive_int(owner, "num_outputs", num_outputs)
+        check_number(owner, "in_features", in_features, minimum=1, integer=True)
+        check_number(owner, "num_outputs", num_outputs, minimum=1, integer=True)
         bound = _check_bound(owner, bound)
         for size in hidden:
-            _check_positive_int(owner, "hidden", size)
+            check_number(owner, "hidden", size, minimum=1, integer=True)
         _activation(owner, activation)
         for size in hidden:
             _check_even(owner, "hidden sizes", size, activation)
@@ -530,9 +525,9 @@ class _LipschitzConvNet(nn.Module):
     ) -> None:
         super().__init__()
         owner = self._owner
-        _check_positive_int(owner, "in_channels", in_channels)
-        _check_positive_int(owner, "num_outputs", num_outputs)
-        _check_positive_int(owner, "width", width)
+        check_number(owner, "in_channels", in_channels, minimum=1, integer=True)
+        check_number(owner, "num_outputs", num_outputs, minimum=1, integer=True)
+        check_number(owner, "width", width, minimum=1, integer=True)
         bound = _check_bound(owner, bound)
         _activation(owner, activation)
         _check_even(owner, "width", width, activation)

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from medrobust.attacks.adaptive import BPDA, EOT
-from medrobust.attacks.base import _check_number
 from medrobust.errors import ParameterError
 from medrobust.types import Domain
+from medrobust.validation import check_number
 
 
 class RandomizedActivations(nn.Module):
@@ -117,7 +117,7 @@ class QuantizedInput(nn.Module):
 
     def __init__(self, model: nn.Module, domain: Domain, *, levels: int = 32):
         super().__init__()
-        _check_number("QuantizedInput", "levels", levels, minimum=2, integer=True)
+        check_number("QuantizedInput", "levels", levels, minimum=2, integer=True)
         if not (math.isfinite(domain.low) and math.isfinite(domain.high)):
             raise ParameterError(
                 "QuantizedInput needs a bounded domain (such as images in [0, 1]) to spread its "

@@ -31,6 +31,7 @@ from torch import nn
 
 from medrobust.errors import InputError, ParameterError
 from medrobust.metrics import certified_accuracy
+from medrobust.validation import check_number
 
 ABSTAIN = -1
 """The label :meth:`SmoothedClassifier.predict` and :meth:`SmoothedClassifier.certify` give
@@ -51,14 +52,6 @@ def _check_sigma(owner: str, sigma: Any) -> float:
     return float(sigma)
 
 
-def _check_count(owner: str, name: str, value: Any) -> int:
-    if not _is_int(value) or value < 1:
-        raise ParameterError(
-            f"The '{name}' parameter of {owner} must be an integer >= 1. Got {value!r} instead."
-        )
-    return int(value)
-
-
 def _check_alpha(owner: str, alpha: Any) -> float:
     ok = isinstance(alpha, int | float | np.floating) and not isinstance(alpha, bool)
     if not ok or not 0 < alpha < 1:
@@ -67,14 +60,6 @@ def _check_alpha(owner: str, alpha: Any) -> float:
             f"Got {alpha!r} instead."
         )
     return float(alpha)
-
-
-def _check_seed(owner: str, seed: Any) -> int:
-    if not _is_int(seed) or seed < 0:
-        raise ParameterError(
-            f"The 'seed' parameter of {owner} must be an integer >= 0. Got {seed!r} instead."
-        )
-    return int(seed)
 
 
 def two_sided_binomial_p(k: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -142,7 +127,9 @@ class SmoothedClassifier:
                 f"Got {num_classes!r} instead."
             )
         self.num_classes = int(num_classes)
-        self.batch_size = _check_count(owner, "batch_size", batch_size)
+        self.batch_size = int(
+            check_number(owner, "batch_size", batch_size, minimum=1, integer=True)
+        )
 
     def __repr__(self) -> str:
         return (
@@ -165,9 +152,9 @@ class SmoothedClassifier:
             x (N, ...) -> (N,) int64
         """
         owner = f"{type(self).__name__}.predict"
-        n = _check_count(owner, "n", n)
+        n = int(check_number(owner, "n", n, minimum=1, integer=True))
         alpha = _check_alpha(owner, alpha)
-        generator_seed = _check_seed(owner, seed)
+        generator_seed = int(check_number(owner, "seed", seed, minimum=0, integer=True))
         counts = self._sample(x, n, generator_seed, owner)[0].numpy()
         order = np.argsort(-counts, axis=1, kind="stable")
         top, second = order[:, 0], order[:, 1]
@@ -197,10 +184,10 @@ class SmoothedClassifier:
             x (N, ...) -> labels (N,) int64, radii (N,) float64
         """
         owner = f"{type(self).__name__}.certify"
-        n0 = _check_count(owner, "n0", n0)
-        n = _check_count(owner, "n", n)
+        n0 = int(check_number(owner, "n0", n0, minimum=1, integer=True))
+        n = int(check_number(owner, "n", n, minimum=1, integer=True))
         alpha = _check_alpha(owner, alpha)
-        generator_seed = _check_seed(owner, seed)
+        generator_seed = int(check_number(owner, "seed", seed, minimum=0, integer=True))
         # One generator for both stages: the estimation noise is fresh, independent of the
         # selection noise, as the bound requires.
         selection, estimation = self._sample(x, (n0, n), generator_seed, owner)
