@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from medrobust.attacks import ATTACKS, FGSM, PGD, Attack
 from medrobust.data import TASKS, Split, Task, load_task
+from medrobust.defenses import DEFENSES, Defense
 from medrobust.errors import (
     ChecksumError,
     ConfigError,
@@ -37,6 +38,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ATTACKS",
+    "DEFENSES",
     "FGSM",
     "MODELS",
     "PGD",
@@ -48,6 +50,7 @@ __all__ = [
     "CorruptDataError",
     "DataError",
     "DataNotFoundError",
+    "Defense",
     "Domain",
     "FitConfig",
     "InputError",

@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -150,6 +150,37 @@ def _loss(
     return classification_loss(model(x), y, weight)
 
 
+class Adversary(Protocol):
+    """What ``fit(adversary=...)`` calls on each batch: returns the batch to train on, e.g. a
+    PGD attack's adversarial examples crafted against the current weights.
+
+    Two optional methods refine it (looked up with ``getattr``):
+
+    - ``set_epoch(epoch, epochs)``: called before each epoch (1-based), e.g. for a curriculum
+      that grows the budget;
+    - ``training_loss(model, x, x_adv, y, weight)``: the training loss from the clean and
+      adversarial batches (default: :func:`classification_loss` of ``model(x_adv)``), e.g.
+      TRADES, or a text model scoring adversarial embeddings.
+    """
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+
+def adversarial_loss(
+    adversary: Adversary,
+    model: nn.Module,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor | None,
+) -> torch.Tensor:
+    """The training loss of ``adversary``'s batch: its own ``training_loss`` where it has one."""
+    custom = getattr(adversary, "training_loss", None)
+    if custom is not None:
+        return custom(model, x, x_adv, y, weight)  # type: ignore[no-any-return]
+    return classification_loss(model(x_adv), y, weight)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
     """Logits of ``model`` on ``x`` in eval mode, batched; the model's mode is restored."""
@@ -171,17 +202,26 @@ def _evaluate_loss(
     y: torch.Tensor,
     config: FitConfig,
     weight: torch.Tensor | None,
+    adversary: Adversary | None = None,
 ) -> float:
+    """Validation loss; with an ``adversary``, on the adversarial examples it crafts."""
     model.eval()
     device = next(model.parameters()).device
     if config.objective == "reconstruction" and bool((y == 0).any()):
         x, y = x[y == 0], y[y == 0]  # an autoencoder is judged on the normal beats it models
     total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(x), 512):
-            xb, yb = x[i : i + 512].to(device), y[i : i + 512].to(device)
-            total += float(_loss(model, xb, yb, config, weight)) * len(xb)
-            count += len(xb)
+    for i in range(0, len(x), 512):
+        xb, yb = x[i : i + 512].to(device), y[i : i + 512].to(device)
+        if adversary is None:
+            with torch.no_grad():
+                loss = _loss(model, xb, yb, config, weight)
+        else:
+            x_adv = adversary(model, xb, yb).detach()
+            model.eval()
+            with torch.no_grad():
+                loss = adversarial_loss(adversary, model, xb, x_adv, yb, weight)
+        total += float(loss) * len(xb)
+        count += len(xb)
     return total / max(count, 1)
 
 
@@ -233,7 +273,7 @@ def fit(
     config: FitConfig | None = None,
     seed: int = 0,
     checkpoint: Path | None = None,
-    adversary: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    adversary: Adversary | None = None,
 ) -> FitResult:
     """Train ``model`` in place; keep the weights of the epoch with the lowest validation loss.
 
@@ -252,11 +292,17 @@ def fit(
             ``adversary(model, x, y)``, e.g. a PGD attack, crafted against the current weights
             (an :class:`~medrobust.attacks.Attack` runs in eval mode and restores training mode).
             The kept epoch is then the one with the lowest loss on adversarial validation inputs
-            crafted by the same adversary (the most robust one, Rice et al. 2020).
+            crafted by the same adversary (the most robust one, Rice et al. 2020). See
+            :class:`Adversary` for its optional ``set_epoch`` and ``training_loss`` methods.
     """
     config = config or FitConfig()
     if len(x_train) == 0 or len(x_val) == 0:
         raise ParameterError("fit needs non-empty training and validation splits.")
+    if adversary is not None and config.objective != "classification":
+        raise ParameterError(
+            "fit trains adversarially only with the 'classification' objective. "
+            f"Got objective {config.objective!r}."
+        )
     generator = seed_everything(seed)
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -271,7 +317,10 @@ def fit(
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     epoch = 0
+    set_epoch = getattr(adversary, "set_epoch", None)
     for epoch in range(1, config.epochs + 1):
+        if set_epoch is not None:
+            set_epoch(epoch, config.epochs)
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
         running = 0.0
@@ -280,18 +329,19 @@ def fit(
             if len(idx) < 2 and len(order) > 1:
                 continue  # a batch of one breaks batch normalisation
             xb, yb = x_train[idx].to(device), y_train[idx].to(device)
-            if adversary is not None:
-                xb = adversary(model, xb, yb).detach()
-                model.train()  # whatever the adversary did with the mode
             optimizer.zero_grad(set_to_none=True)
-            loss = _loss(model, xb, yb, config, weight)
+            if adversary is None:
+                loss = _loss(model, xb, yb, config, weight)
+            else:
+                x_adv = adversary(model, xb, yb).detach()
+                model.train()  # whatever the adversary did with the mode
+                optimizer.zero_grad(set_to_none=True)  # and with the gradients
+                loss = adversarial_loss(adversary, model, xb, x_adv, yb, weight)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             running += float(loss.detach()) * len(idx)
-        x_check = x_val
-        if adversary is not None:  # keep the most robust epoch (Rice et al. 2020)
-            x_check = adversary(model, x_val.to(device), y_val.to(device)).detach()
-        val_loss = _evaluate_loss(model, x_check, y_val, config, weight)
+        # With an adversary, keep the most robust epoch (Rice et al. 2020).
+        val_loss = _evaluate_loss(model, x_val, y_val, config, weight, adversary)
         history.append({"epoch": epoch, "train_loss": running / len(order), "val_loss": val_loss})
         logger.debug("epoch %d train %.4f val %.4f", epoch, running / len(order), val_loss)
         if val_loss < best_loss - 1e-6:

@@ -1,14 +1,19 @@
-"""Defenses: randomized smoothing and Lipschitz-constrained networks with certificates, and
-gradient-masking defenses with the adaptive attacks that evaluate them honestly.
+"""Defenses: adversarial training, randomized smoothing and Lipschitz-constrained networks with
+certificates, and gradient-masking defenses with the adaptive attacks that evaluate them honestly.
 
-Certified accuracy at a radius of either certificate: :func:`medrobust.metrics.certified_accuracy`.
+Each registered defense follows :class:`~medrobust.defenses.base.Defense`, so that a study can
+apply it to any model of the modalities it serves. Certified accuracy at a radius of either
+certificate: :func:`medrobust.metrics.certified_accuracy`.
 """
 
 from __future__ import annotations
 
+from medrobust.defenses.adversarial_training import TRADES, AdversarialTraining, EpsilonPolicy
+from medrobust.defenses.base import Defense, TrainingData
 from medrobust.defenses.lipschitz import (
     LipschitzCNN,
     LipschitzCNN1d,
+    LipschitzConstraint,
     LipschitzConv1d,
     LipschitzConv2d,
     LipschitzLinear,
@@ -18,19 +23,45 @@ from medrobust.defenses.lipschitz import (
     lipschitz_bound,
     refresh_sigmas,
 )
-from medrobust.defenses.masking import QuantizedInput, RandomizedActivations
+from medrobust.defenses.masking import (
+    InputQuantization,
+    QuantizedInput,
+    RandomizedActivations,
+    StochasticActivationPruning,
+)
 from medrobust.defenses.smoothing import (
     ABSTAIN,
     GaussianNoiseAugmentation,
+    RandomizedSmoothing,
     SmoothedClassifier,
+    SoftSmoothing,
     smoothed_certified_accuracy,
 )
+from medrobust.registry import Registry
+
+DEFENSES: Registry[type[Defense]] = Registry("defense")
+for _defense in (
+    AdversarialTraining,
+    TRADES,
+    LipschitzConstraint,
+    RandomizedSmoothing,
+    StochasticActivationPruning,
+    InputQuantization,
+):
+    DEFENSES.add(_defense.name, _defense)
 
 __all__ = [
     "ABSTAIN",
+    "DEFENSES",
+    "TRADES",
+    "AdversarialTraining",
+    "Defense",
+    "EpsilonPolicy",
     "GaussianNoiseAugmentation",
+    "InputQuantization",
     "LipschitzCNN",
     "LipschitzCNN1d",
+    "LipschitzConstraint",
     "LipschitzConv1d",
     "LipschitzConv2d",
     "LipschitzLinear",
@@ -38,7 +69,11 @@ __all__ = [
     "MaxMin",
     "QuantizedInput",
     "RandomizedActivations",
+    "RandomizedSmoothing",
     "SmoothedClassifier",
+    "SoftSmoothing",
+    "StochasticActivationPruning",
+    "TrainingData",
     "certified_radius",
     "lipschitz_bound",
     "refresh_sigmas",

@@ -1,4 +1,4 @@
-"""Defenses that mask gradients, and the adaptive attacks that see through them.
+r"""Defenses that mask gradients, and the adaptive attacks that see through them.
 
 Both make plain gradient attacks look weak without making the model much more robust
 (Athalye et al. 2018), which is why they are here: a study that evaluates them with plain and
@@ -14,6 +14,8 @@ with adaptive attacks shows the gap between apparent and real robustness.
   BPDA with the identity as the backward approximation.
 
 Each exposes ``masks_gradients = True`` and ``adaptive()``, the model to attack instead.
+:class:`StochasticActivationPruning` and :class:`InputQuantization` are the two as
+:class:`~medrobust.defenses.base.Defense`\ s a study applies to trained models.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import torch
 from torch import nn
 
 from medrobust.attacks.adaptive import BPDA, EOT
+from medrobust.data.task import Task
+from medrobust.defenses.base import Defense
 from medrobust.errors import ParameterError
-from medrobust.types import Domain
+from medrobust.types import Domain, Modality
 from medrobust.validation import check_number
 
 
@@ -140,3 +144,89 @@ class QuantizedInput(nn.Module):
     def adaptive(self) -> nn.Module:
         """The model an adaptive attacker differentiates: BPDA with the identity backward."""
         return BPDA(self.model, self.transform)
+
+
+class StochasticActivationPruning(Defense):
+    """Stochastic activation pruning as a defense (Dhillon et al. 2018): wraps the trained model
+    in :class:`RandomizedActivations`. It masks gradients through its randomness; the adaptive
+    attacker is EOT over ``eot_samples`` passes.
+
+    The default of 4 draws per unit prunes less than the paper's 1. Measured on the reference
+    CNN on BreastMNIST (PGD-20, L-inf 0.03, 150 test images, undefended robust accuracy 0.30):
+    with 1 draw, EOT-16 PGD still leaves 0.57 (100 steps, margin loss and a detached keep
+    probability in the backward pass change nothing), because the pruned network is another
+    classifier that agrees with the trained one on only 87 % of clean images; with 4 draws it keeps
+    the trained classifier (same clean accuracy), plain PGD leaves 0.37 and EOT PGD 0.32.
+
+    Args:
+        draws: draws per layer as a multiple of its units (see :class:`RandomizedActivations`).
+        eot_samples: passes the adaptive (EOT) attacker averages per gradient.
+
+    Shape:
+        like the model
+    """
+
+    name = "stochastic_activation_pruning"
+    modalities = frozenset({Modality.IMAGE, Modality.ECG, Modality.TABULAR})
+    masks_gradients = True
+    adaptive_attack = "eot"
+    retrains = False
+    relu_only = True
+
+    def __init__(self, *, draws: float = 4.0, eot_samples: int = 16) -> None:
+        self.draws = float(check_number(type(self).__name__, "draws", draws, minimum=0.0))
+        if not self.draws > 0:
+            raise ParameterError(
+                f"The 'draws' parameter of {type(self).__name__} must be > 0. Got {draws!r}."
+            )
+        self.eot_samples = int(
+            check_number(type(self).__name__, "eot_samples", eot_samples, minimum=1, integer=True)
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {"draws": self.draws, "eot_samples": self.eot_samples}
+
+    def wrap(self, model: nn.Module, task: Task) -> nn.Module:
+        return RandomizedActivations(model, draws=self.draws).eval()
+
+    def adaptive(self, wrapped: nn.Module) -> nn.Module:
+        return EOT(wrapped, samples=self.eot_samples)
+
+
+class InputQuantization(Defense):
+    """Input quantisation as a defense (Xu et al. 2018, bit-depth reduction): wraps the trained
+    model in :class:`QuantizedInput`. Its gradient is zero almost everywhere; the adaptive
+    attacker is BPDA with the identity backward (Athalye et al. 2018). It needs a bounded input
+    domain, so it applies to images.
+
+    Args:
+        levels: values each input feature can take (>= 2).
+
+    Shape:
+        like the model
+    """
+
+    name = "input_quantization"
+    modalities = frozenset({Modality.IMAGE})
+    masks_gradients = True
+    adaptive_attack = "bpda"
+    retrains = False
+
+    def __init__(self, *, levels: int = 32) -> None:
+        self.levels = int(
+            check_number(type(self).__name__, "levels", levels, minimum=2, integer=True)
+        )
+
+    def params(self) -> dict[str, Any]:
+        return {"levels": self.levels}
+
+    def wrap(self, model: nn.Module, task: Task) -> nn.Module:
+        return QuantizedInput(model, task.domain, levels=self.levels).eval()
+
+    def adaptive(self, wrapped: nn.Module) -> nn.Module:
+        if not isinstance(wrapped, QuantizedInput):
+            raise ParameterError(
+                f"{type(self).__name__}.adaptive needs the QuantizedInput its wrap returned. "
+                f"Got {type(wrapped).__name__}."
+            )
+        return wrapped.adaptive()
