@@ -1,19 +1,25 @@
 """Study plan: the spec expanded into independent, serialisable cells with stable ids.
 
-A cell is (task, model, attack, eps, trial); ``attack = None`` is the clean evaluation of the
-trained model on the whole test split. Cells that share (task, model, trial) share one trained
-model, so the runner groups them by :attr:`Cell.training_key`. A transfer cell also names its
-``source``: the surrogate model (of the same task and trial) the examples are crafted on.
+A cell is (task, model, defense, attack, eps, trial); ``attack = None`` is the clean evaluation
+of the trained model on the whole test split, ``defense = None`` the undefended model. Cells that
+share (task, model, trial) and a defense that retrains share one trained model, so the runner
+groups them by :attr:`Cell.training_key`; a defense that only wraps the model shares the
+undefended one. A transfer cell also names its ``source``: the undefended surrogate model (of the
+same task and trial) the examples are crafted on. A defended attack cell with ``adaptive = True``
+crafts its examples against the defense's adaptive attacker (EOT or BPDA); its twin with
+``adaptive = False`` attacks the defended model plainly. Defended and undefended cells of the
+same attack share the attack seed and the attacked examples, so they compare pairwise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from medrobust.data import get_task_spec
+from medrobust.defenses import DEFENSES
 from medrobust.study.spec import ModelEntry, StudySpec, attack_modalities_ok
 
 
@@ -50,21 +56,35 @@ class Cell:
     train_share: list[int] | None = None
     source: dict[str, Any] | None = None
     eot: int = 1
+    defense: str | None = None
+    defense_label: str = ""
+    defense_params: dict[str, Any] = field(default_factory=dict)
+    adaptive: bool = False
+
+    @property
+    def retrained(self) -> bool:
+        """Whether the cell's model is built or trained by its defense."""
+        return self.defense is not None and DEFENSES.get(self.defense).retrains
 
     @property
     def training_key(self) -> str:
-        """Identifies the trained model this cell evaluates."""
-        return _hash(
-            [
-                self.task,
-                self.model,
-                self.model_params,
-                self.training,
-                self.split_seed,
-                self.init_seed,
-                self.train_share,
-            ]
-        )
+        """Identifies the trained model this cell evaluates (before any inference wrapper)."""
+        parts: list[Any] = [
+            self.task,
+            self.model,
+            self.model_params,
+            self.training,
+            self.split_seed,
+            self.init_seed,
+            self.train_share,
+        ]
+        if self.retrained:
+            parts += [self.defense, self.defense_params]
+        return _hash(parts)
+
+    def undefended(self) -> Cell:
+        """The same cell on the undefended model."""
+        return replace(self, defense=None, defense_label="", defense_params={}, adaptive=False)
 
     def source_cell(self) -> Cell:
         """The clean cell of this transfer cell's surrogate model (same task, trial, split)."""
@@ -81,6 +101,10 @@ class Cell:
             targeted=False,
             source=None,
             eot=1,
+            defense=None,
+            defense_label="",
+            defense_params={},
+            adaptive=False,
         )
 
     @property
@@ -98,7 +122,12 @@ class Cell:
             what += " targeted"
         if self.source is not None:
             what += f" from {self.source['model_label']}"
-        return f"{self.task}/{self.model_label or self.model}/{what}/trial {self.trial}"
+        if self.adaptive:
+            what += " adaptive"
+        model = self.model_label or self.model
+        if self.defense is not None:
+            model += f"+{self.defense_label}"
+        return f"{self.task}/{model}/{what}/trial {self.trial}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict form."""
@@ -134,46 +163,89 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
                     "max_attack_examples": spec.max_attack_examples,
                     "device": spec.device,
                 }
-                cells.append(
-                    Cell(
-                        **common, attack=None, norm=None, eps=None, attack_params={}, attack_seed=0
-                    )
+                defended: list[dict[str, Any]] = [{}]
+                for defense in spec.defenses:
+                    if defense.applies_to(task.name) and defense.defends(model):
+                        defended.append(
+                            {
+                                "defense": defense.name,
+                                "defense_label": defense.label,
+                                "defense_params": defense.params_for(task.name, modality),
+                            }
+                        )
+                for defense_fields in defended:
+                    cells += _model_cells(spec, task.name, model, common, defense_fields)
+    return cells
+
+
+def _model_cells(
+    spec: StudySpec,
+    task_name: str,
+    model: ModelEntry,
+    common: dict[str, Any],
+    defense_fields: dict[str, Any],
+) -> list[Cell]:
+    """The clean and attack cells of one trained (possibly defended) model in one trial."""
+    task_spec = get_task_spec(task_name)
+    modality = task_spec.modality.value
+    trial = common["trial"]
+    entry = next((d for d in spec.defenses if d.label == defense_fields.get("defense_label")), None)
+    adaptive_modes = [False]
+    if entry is not None and DEFENSES.get(entry.name).adaptive_attack is not None:
+        adaptive_modes = [False, True]
+    cells = [
+        Cell(
+            **common,
+            **defense_fields,
+            attack=None,
+            norm=None,
+            eps=None,
+            attack_params={},
+            attack_seed=0,
+        )
+    ]
+    for attack in spec.attacks:
+        if not attack_modalities_ok(attack, modality):
+            continue
+        if attack.targeted and not task_spec.harmful_targets:
+            continue
+        if entry is not None and not entry.evaluates(attack):
+            continue
+        sources: list[dict[str, Any] | None] = [None]
+        if attack.transfer:
+            task = next(t for t in spec.tasks if t.name == task_name)
+            sources = [
+                _model_fields(spec, task_name, other, trial)
+                for other in task.models
+                if other.label != model.label
+            ]
+        for source in sources:
+            for eps in attack.eps_for(task_name, modality):
+                attack_seed = derive_seed(
+                    spec.seed,
+                    "attack",
+                    task_name,
+                    model.name,
+                    attack.name,
+                    eps,
+                    trial,
+                    *([] if source is None else [source["model_label"]]),
                 )
-                for attack in spec.attacks:
-                    if not attack_modalities_ok(attack, modality):
-                        continue
-                    if attack.targeted and not task_spec.harmful_targets:
-                        continue
-                    sources: list[dict[str, Any] | None] = [None]
-                    if attack.transfer:
-                        sources = [
-                            _model_fields(spec, task.name, other, trial)
-                            for other in task.models
-                            if other.label != model.label
-                        ]
-                    for source in sources:
-                        for eps in attack.eps_for(task.name, modality):
-                            attack_seed = derive_seed(
-                                spec.seed,
-                                "attack",
-                                task.name,
-                                model.name,
-                                attack.name,
-                                eps,
-                                trial,
-                                *([] if source is None else [source["model_label"]]),
-                            )
-                            cells.append(
-                                Cell(
-                                    **common,
-                                    attack=attack.name,
-                                    norm=attack.norm,
-                                    eps=eps,
-                                    attack_params=dict(attack.params),
-                                    attack_seed=attack_seed,
-                                    targeted=attack.targeted,
-                                    source=source,
-                                    eot=attack.eot,
-                                )
-                            )
+                # The surrogate of a transfer attack is undefended: nothing to adapt to.
+                for adaptive in adaptive_modes if source is None else [False]:
+                    cells.append(
+                        Cell(
+                            **common,
+                            **defense_fields,
+                            attack=attack.name,
+                            norm=attack.norm,
+                            eps=eps,
+                            attack_params=dict(attack.params),
+                            attack_seed=attack_seed,
+                            targeted=attack.targeted,
+                            source=source,
+                            eot=attack.eot,
+                            adaptive=adaptive,
+                        )
+                    )
     return cells

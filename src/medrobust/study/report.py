@@ -16,6 +16,7 @@ from typing import Any
 
 from medrobust.atomic import write_text_atomically
 from medrobust.attacks.masking import MASKING_CHECKS
+from medrobust.defenses import DEFENSES
 from medrobust.stats import Summary, paired_ttest, summarize
 from medrobust.study.store import ResultStore
 
@@ -91,6 +92,16 @@ def _summary_fields(prefix: str, s: Summary) -> dict[str, Any]:
     }
 
 
+def masking_flags(runs: list[dict[str, float]]) -> tuple[str, dict[str, int]]:
+    """The gradient-masking checks that fired in the clean-cell metrics ``runs`` of one model:
+    a label such as ``"randomized output (5/5)"`` ("none", or "not checked" where no check ran)
+    and the number of trials each check fired in."""
+    hits = {c: sum(r.get(f"masking_{c}", 0.0) == 1.0 for r in runs) for c in MASKING_CHECKS}
+    flags = [f"{c.replace('_', ' ')} ({n}/{len(runs)})" for c, n in hits.items() if n]
+    checked = any(f"masking_{MASKING_CHECKS[0]}" in r for r in runs)
+    return "; ".join(flags) or ("none" if checked else "not checked"), hits
+
+
 def clean_table(cells: list[dict[str, Any]]) -> Table:
     """Clean test metrics per task x model over trials."""
     groups: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
@@ -105,14 +116,9 @@ def clean_table(cells: list[dict[str, Any]]) -> Table:
             s = summarize([r[f"clean_{key}"] for r in runs])
             row.append(s.format())
             record.update(_summary_fields(key, s))
-        flags = []
-        for check in MASKING_CHECKS:
-            hits = sum(r.get(f"masking_{check}", 0.0) == 1.0 for r in runs)
-            record[f"masking_{check}_trials"] = hits
-            if hits:
-                flags.append(f"{check.replace('_', ' ')} ({hits}/{len(runs)})")
-        checked = any(f"masking_{MASKING_CHECKS[0]}" in r for r in runs)
-        row.append("; ".join(flags) or ("none" if checked else "not checked"))
+        label, hits = masking_flags(runs)
+        record.update({f"masking_{check}_trials": n for check, n in hits.items()})
+        row.append(label)
         rows.append(tuple(row))
         records.append(record)
     header = (
@@ -396,30 +402,288 @@ def text_examples(cells: list[dict[str, Any]], store: ResultStore, limit: int = 
     )
 
 
+def undefended_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells of undefended models."""
+    return [c for c in cells if c.get("defense") is None]
+
+
+def _attack_key(cell: dict[str, Any]) -> tuple[Any, ...]:
+    """What pairs a defended cell with its undefended twin (same examples and attack seed)."""
+    return (
+        cell["task"],
+        model_name(cell),
+        attack_name(cell),
+        cell["norm"],
+        cell["eps"],
+        cell["targeted"],
+        cell["trial"],
+    )
+
+
+def evaluation_name(cell: dict[str, Any]) -> str:
+    """How a defended cell was attacked: plainly, or by the defense's adaptive attacker."""
+    if not cell.get("adaptive"):
+        return "plain"
+    return f"adaptive ({str(DEFENSES.get(cell['defense']).adaptive_attack).upper()})"
+
+
+def _masking_flags_by_model(cells: list[dict[str, Any]]) -> dict[tuple[str, str, str], str]:
+    """Gradient-masking flags of each defended model's clean cells, with trial counts."""
+    runs: dict[tuple[str, str, str], list[dict[str, float]]] = defaultdict(list)
+    for c in cells:
+        if c["attack"] is None and c.get("defense") is not None:
+            runs[(c["task"], model_name(c), c["defense_label"])].append(c["metrics"])
+    return {key: masking_flags(metrics)[0] for key, metrics in runs.items()}
+
+
+DEFENSE_COLUMNS = (
+    ("pre_attack", "Pre-attack acc."),
+    ("post_attack", "Post-attack acc."),
+    ("defended_clean", "Defended clean acc."),
+    ("post_defense", "Post-defense acc."),
+    ("improvement", "Improvement"),
+)
+
+
+def defense_table(cells: list[dict[str, Any]]) -> Table:
+    """The field's defense-effectiveness table: per task x model x defense x attack, the
+    accuracy before the attack, under it without the defense and under it with the defense,
+    and the improvement (paired per trial), each mean ± SD [95% CI] over trials.
+
+    Pre- and post-attack accuracy come from the undefended twin of each defended cell (same
+    examples, attack and seed). A defense that masks gradients has a plain and an adaptive row:
+    the gap between them is robustness that is only apparent.
+    """
+    twins = {_attack_key(c): c for c in cells if c["attack"] is not None and c["defense"] is None}
+    flags = _masking_flags_by_model(cells)
+    groups: dict[tuple[Any, ...], list[dict[str, float]]] = defaultdict(list)
+    for c in cells:
+        if c["attack"] is None or c.get("defense") is None:
+            continue
+        twin = twins.get(_attack_key(c))
+        if twin is None:
+            continue
+        key = (
+            c["task"],
+            model_name(c),
+            c["defense_label"],
+            attack_name(c),
+            c["norm"],
+            c["eps"],
+            c["targeted"],
+            evaluation_name(c),
+        )
+        before, after = twin["metrics"], c["metrics"]
+        groups[key].append(
+            {
+                "pre_attack": before["clean_accuracy"],
+                "post_attack": before["adv_accuracy"],
+                "defended_clean": after["clean_accuracy"],
+                "post_defense": after["adv_accuracy"],
+                "improvement": after["adv_accuracy"] - before["adv_accuracy"],
+            }
+        )
+    rows, records = [], []
+    for key, runs in sorted(groups.items()):
+        task, model, defense, attack, norm, eps, targeted, evaluation = key
+        label = f"{attack} ({norm}{', targeted' if targeted else ''})"
+        row = [task, model, defense, label, f"{eps:g}", evaluation, str(len(runs))]
+        record: dict[str, Any] = {
+            "task": task,
+            "model": model,
+            "defense": defense,
+            "attack": attack,
+            "norm": norm,
+            "eps": eps,
+            "targeted": targeted,
+            "evaluation": evaluation,
+            "trials": len(runs),
+        }
+        for column, _ in DEFENSE_COLUMNS:
+            summary = summarize([r[column] for r in runs])
+            row.append(summary.format())
+            record.update(_summary_fields(column, summary))
+        test = paired_ttest([r["post_defense"] for r in runs], [r["post_attack"] for r in runs])
+        masking = flags.get((task, model, defense), "not checked")
+        row += [test.format(), masking]
+        record.update({"paired_t": test.t, "paired_p": test.p, "masking_flags": masking})
+        rows.append(tuple(row))
+        records.append(record)
+    header = (
+        "Task",
+        "Model",
+        "Defense",
+        "Attack",
+        "eps",
+        "Evaluation",
+        "Trials",
+        *(label for _, label in DEFENSE_COLUMNS),
+        "Paired t-test post-defense vs post-attack",
+        "Gradient-masking flags (defended model)",
+    )
+    return Table(
+        "Defense effectiveness: accuracy under attack with and without each defense "
+        "(mean ± SD [95% CI] over trials)",
+        header,
+        rows,
+        records,
+    )
+
+
+def overhead_table(cells: list[dict[str, Any]]) -> Table:
+    """Training and inference time of each defended model relative to the undefended model of
+    the same task, model and trial, measured in the same run (mean ± SD over trials).
+
+    A defense that only wraps the undefended model adds no training (ratio 1). Inference time is
+    the best of repeated batched forward passes over the test split; certification time is the
+    wall time of the certificate on the attacked examples.
+    """
+    plain = {
+        (c["task"], model_name(c), c["trial"]): c
+        for c in cells
+        if c["attack"] is None and c.get("defense") is None
+    }
+    groups: dict[tuple[str, str, str], list[dict[str, float]]] = defaultdict(list)
+    for c in cells:
+        if c["attack"] is not None or c.get("defense") is None:
+            continue
+        base = plain.get((c["task"], model_name(c), c["trial"]))
+        if base is None:
+            continue
+        groups[(c["task"], model_name(c), c["defense_label"])].append(
+            {
+                "training_ratio": c["train_seconds"] / max(base["train_seconds"], 1e-9),
+                "inference_ratio": c["timings"].get("inference_ms", math.nan)
+                / max(base["timings"].get("inference_ms", math.nan), 1e-12),
+                "certify_seconds": c["timings"].get("certify_seconds", math.nan),
+            }
+        )
+    rows, records = [], []
+    for (task, model, defense), runs in sorted(groups.items()):
+        record: dict[str, Any] = {
+            "task": task,
+            "model": model,
+            "defense": defense,
+            "trials": len(runs),
+        }
+        row = [task, model, defense, str(len(runs))]
+        for column in ("training_ratio", "inference_ratio", "certify_seconds"):
+            summary = summarize([r[column] for r in runs])
+            record.update(_summary_fields(column, summary))
+            row.append(f"{summary.mean:.2f} ± {summary.sd:.2f}" if summary.n else "—")
+        rows.append(tuple(row))
+        records.append(record)
+    header = (
+        "Task",
+        "Model",
+        "Defense",
+        "Trials",
+        "Training time / undefended",
+        "Inference time / undefended",
+        "Certification s",
+    )
+    return Table(
+        "Defense overhead: time relative to the undefended model (mean ± SD over trials)",
+        header,
+        rows,
+        records,
+    )
+
+
+def certification_table(cells: list[dict[str, Any]]) -> Table:
+    """Certified accuracy at each radius of each certifying defense (randomized smoothing,
+    Lipschitz constraints): the share of attacked examples both correct and certified at L2
+    radius >= r, mean ± SD [95% CI] over trials."""
+    groups: dict[tuple[str, str, str, float], list[dict[str, float]]] = defaultdict(list)
+    for c in cells:
+        if c["attack"] is not None or c.get("defense") is None:
+            continue
+        for name, value in c["metrics"].items():
+            if name.startswith("certified_r"):
+                key = (
+                    c["task"],
+                    model_name(c),
+                    c["defense_label"],
+                    float(name[len("certified_r") :]),
+                )
+                groups[key].append(
+                    {
+                        "certified_accuracy": value,
+                        "mean_radius": c["metrics"].get("certified_mean_radius", math.nan),
+                        "abstain_rate": c["metrics"].get("certified_abstain_rate", math.nan),
+                        "lipschitz_bound": c["metrics"].get("lipschitz_bound", math.nan),
+                    }
+                )
+    rows, records = [], []
+    for (task, model, defense, radius), runs in sorted(groups.items()):
+        record: dict[str, Any] = {
+            "task": task,
+            "model": model,
+            "defense": defense,
+            "radius": radius,
+            "trials": len(runs),
+        }
+        row = [task, model, defense, f"{radius:g}", str(len(runs))]
+        for column in ("certified_accuracy", "mean_radius", "abstain_rate", "lipschitz_bound"):
+            summary = summarize([r[column] for r in runs])
+            record.update(_summary_fields(column, summary))
+            row.append(summary.format() if summary.n else "—")
+        rows.append(tuple(row))
+        records.append(record)
+    header = (
+        "Task",
+        "Model",
+        "Defense",
+        "L2 radius",
+        "Trials",
+        "Certified acc.",
+        "Mean certified radius",
+        "Abstentions (smoothing)",
+        "Lipschitz bound",
+    )
+    return Table(
+        "Certified accuracy at L2 radius r (mean ± SD [95% CI] over trials)", header, rows, records
+    )
+
+
 def _tables(cells: list[dict[str, Any]], store: ResultStore) -> list[Table]:
-    return [clean_table(cells), attack_table(cells), worst_case_table(cells, store)]
+    plain = undefended_cells(cells)
+    return [
+        clean_table(plain),
+        attack_table(plain),
+        worst_case_table(plain, store),
+        defense_table(cells),
+        overhead_table(cells),
+        certification_table(cells),
+    ]
 
 
 def build_tables(store_path: str | Path) -> list[Table]:
-    """The study's tables from a results store: clean, per attack, worst case over attacks, and
-    the transfer matrices."""
+    """The study's tables from a results store: clean, per attack, worst case over attacks,
+    defense effectiveness, defense overhead, certified accuracy, and the transfer matrices."""
     with ResultStore(store_path) as store:
         cells = store.cells()
-        return _tables(cells, store) + transfer_matrices(cells)
+        return _tables(cells, store) + transfer_matrices(undefended_cells(cells))
 
 
 def write_report(store_path: str | Path, output: str | Path | None = None) -> list[Path]:
-    """Write ``report.md``, ``clean.csv``, ``attacks.csv``, ``worst_case.csv`` and
-    ``transfer.csv`` beside the store or in ``output``."""
+    """Write ``report.md``, ``clean.csv``, ``attacks.csv``, ``worst_case.csv``,
+    ``defenses.csv``, ``overhead.csv``, ``certified.csv`` and ``transfer.csv`` beside the store
+    or in ``output``."""
     out = Path(output) if output is not None else Path(store_path).parent
     out.mkdir(parents=True, exist_ok=True)
     with ResultStore(store_path) as store:
         cells, study = store.cells(), store.study() or {}
         tables = _tables(cells, store)
-        texts_md = text_examples(cells, store)
-    matrices = transfer_matrices(cells)
+        texts_md = text_examples(undefended_cells(cells), store)
+    matrices = transfer_matrices(undefended_cells(cells))
     transfer = Table("", (), [], [r for m in matrices for r in m.records])
-    train_s = sum({c["cell_id"]: c["train_seconds"] for c in cells if c["attack"] is None}.values())
+    trained = [  # one clean cell per trained model: wrapping defenses share the undefended one
+        c
+        for c in cells
+        if c["attack"] is None and (c["defense"] is None or DEFENSES.get(c["defense"]).retrains)
+    ]
+    train_s = sum(c["train_seconds"] for c in trained)
     attacked = [c for c in cells if c["attack"] is not None]
     early = sum(bool(c.get("attack_config", {}).get("stop_when_adversarial")) for c in attacked)
     lines = [
@@ -440,6 +704,9 @@ def write_report(store_path: str | Path, output: str | Path | None = None) -> li
         out / "clean.csv",
         out / "attacks.csv",
         out / "worst_case.csv",
+        out / "defenses.csv",
+        out / "overhead.csv",
+        out / "certified.csv",
         out / "transfer.csv",
     ]
     texts = [markdown, *(table.csv() for table in [*tables, transfer])]

@@ -26,6 +26,7 @@ from medrobust.attacks.masking import masking_checks
 from medrobust.data import ensure_files, get_task_spec, load_task
 from medrobust.data.splits import share_indices
 from medrobust.data.task import Task
+from medrobust.defenses import DEFENSES, Defense, TrainingData
 from medrobust.errors import ConfigError
 from medrobust.metrics import (
     clinical_metrics,
@@ -45,6 +46,15 @@ logger = logging.getLogger(__name__)
 
 ATTACK_BATCH = 256
 TEXT_SAMPLES = 5  # attacked texts stored per text-attack cell, for the report
+TIMED_EXAMPLES = 1000  # test examples timed for the inference cost, best of TIMING_REPEATS
+TIMING_REPEATS = 3
+
+
+def build_defense(cell: Cell) -> Defense | None:
+    """The cell's defense with its parameters on the cell's task; ``None`` for no defense."""
+    if cell.defense is None:
+        return None
+    return DEFENSES.get(cell.defense)(**cell.defense_params)
 
 
 def train_or_load(
@@ -53,36 +63,48 @@ def train_or_load(
     """The trained model of ``cell`` (from its checkpoint if an earlier run saved one).
 
     A cell with a ``train_share`` trains on that share of the training split only (the model of
-    another institution); validation and test splits are the task's.
+    another institution); validation and test splits are the task's. A defense that retrains
+    builds and trains the model its way; one that only wraps leaves it undefended here.
 
     Returns the model, its input tensors and the training time in seconds.
     """
     inputs = prepare_inputs(task, cell.model_params)
     torch.manual_seed(cell.init_seed)
-    model = build_model(cell.model, task, inputs, cell.model_params).to(cell.device)
+    defense = build_defense(cell) if cell.retrained else None
+    if defense is not None:
+        model = defense.build(cell.model, task, inputs, dict(cell.model_params))
+    else:
+        model = build_model(cell.model, task, inputs, cell.model_params)
+    model = model.to(cell.device)
     checkpoint = checkpoints / f"{cell.training_key}.pt"
     sidecar = checkpoint.with_suffix(".json")
     if checkpoint.exists() and sidecar.exists():
         load_checkpoint(model, checkpoint)
         model.to(cell.device).eval()
         return model, inputs, float(json.loads(sidecar.read_text())["train_seconds"])
-    x_train, y_train = inputs.x["train"], inputs.y["train"]
+    x_train, y_train, groups = inputs.x["train"], inputs.y["train"], task.train.groups
     if cell.train_share is not None:
         part, of = cell.train_share
-        rows = torch.from_numpy(
-            share_indices(task.train.y, task.train.groups, part, of, cell.split_seed)
+        rows = share_indices(task.train.y, task.train.groups, part, of, cell.split_seed)
+        x_train, y_train = x_train[torch.from_numpy(rows)], y_train[torch.from_numpy(rows)]
+        groups = None if groups is None else groups[rows]
+    config = FitConfig(**cell.training)
+    if defense is not None:
+        data = TrainingData(x_train, y_train, inputs.x["val"], inputs.y["val"], groups)
+        result = defense.fit(
+            model, task, data, config=config, seed=cell.init_seed, checkpoint=checkpoint
         )
-        x_train, y_train = x_train[rows], y_train[rows]
-    result = fit(
-        model,
-        x_train,
-        y_train,
-        inputs.x["val"],
-        inputs.y["val"],
-        config=FitConfig(**cell.training),
-        seed=cell.init_seed,
-        checkpoint=checkpoint,
-    )
+    else:
+        result = fit(
+            model,
+            x_train,
+            y_train,
+            inputs.x["val"],
+            inputs.y["val"],
+            config=config,
+            seed=cell.init_seed,
+            checkpoint=checkpoint,
+        )
     write_text_atomically(
         sidecar,
         json.dumps(
@@ -110,6 +132,16 @@ def _flip_rates(
         "success_rate_positive": success_rate(y[pos], clean_pred[pos], adv_pred[pos]),
         "success_rate_negative": success_rate(y[~pos], clean_pred[~pos], adv_pred[~pos]),
     }
+
+
+def _inference_ms(model: nn.Module, x: torch.Tensor) -> float:
+    """Milliseconds per example of a batched forward pass: the best of TIMING_REPEATS."""
+    times = []
+    for _ in range(TIMING_REPEATS):
+        start = time.perf_counter()
+        predict_logits(model, x)
+        times.append(time.perf_counter() - start)
+    return 1000.0 * min(times) / max(len(x), 1)
 
 
 def _mean(values: np.ndarray) -> float:
@@ -147,6 +179,7 @@ class CellOutcome:
     rows: list[ExampleRow]
     attack_config: dict[str, Any] = field(default_factory=dict)
     samples: list[TextSample] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def evaluate_cell(
@@ -158,13 +191,19 @@ def evaluate_cell(
     *,
     surrogate: nn.Module | None = None,
     tokenizer: Any = None,
+    defense: Defense | None = None,
+    base: nn.Module | None = None,
 ) -> CellOutcome:
     """Metrics, example rows, the attack's resolved parameters and (for token attacks) original
     vs adversarial texts of one cell on the test split.
 
-    A transfer cell crafts its examples on ``surrogate`` and evaluates them on ``model``.
+    ``model`` is the module evaluated and attacked: for a defended cell, the defense's wrapper
+    around ``base``, the trained model (which its certificate reads). A transfer cell crafts its
+    examples on ``surrogate``; an adaptive cell on ``defense.adaptive(model)``.
     """
     labels = y_test.numpy()
+    # Randomized defenses draw from torch's global generator: seed it per cell.
+    torch.manual_seed(derive_seed(cell.cell_id, "evaluate"))
     if cell.attack is None:
         logits = predict_logits(model, x_test)
         pred = predictions(logits).numpy()
@@ -188,7 +227,26 @@ def evaluate_cell(
             seed=cell.init_seed,
         )
         metrics.update({f"masking_{k}": float(v) for k, v in flags.items()})
-        return CellOutcome(metrics, rows)
+        timings = {"inference_ms": _inference_ms(model, x_test[:TIMED_EXAMPLES])}
+        if defense is not None:
+            rng = np.random.default_rng(derive_seed(cell.split_seed, "subset", cell.trial))
+            chosen = np.sort(
+                rng.choice(
+                    len(labels), size=min(len(labels), cell.max_attack_examples), replace=False
+                )
+            )
+            start = time.perf_counter()
+            certificate = defense.certify(
+                base if base is not None else model,
+                task,
+                x_test[chosen],
+                y_test[chosen],
+                seed=derive_seed(cell.init_seed, "certify"),
+            )
+            if certificate:
+                metrics.update(certificate)
+                timings["certify_seconds"] = time.perf_counter() - start
+        return CellOutcome(metrics, rows, timings=timings)
 
     rng = np.random.default_rng(derive_seed(cell.split_seed, "subset", cell.trial))
     harmful = get_task_spec(task.name).harmful_targets if cell.targeted else {}
@@ -207,6 +265,10 @@ def evaluate_cell(
         **cell.attack_params,
     )
     crafter = model if surrogate is None else surrogate
+    if cell.adaptive:
+        if defense is None:
+            raise ConfigError(f"{cell.label}: an adaptive cell needs its defense.")
+        crafter = defense.adaptive(model)
     if cell.eot > 1:
         crafter = EOT(crafter, samples=cell.eot)
     clean_pred = predictions(predict_logits(model, x)).numpy()
@@ -286,8 +348,15 @@ def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResu
     model, inputs, train_seconds = train_or_load(first, task, checkpoints)
     x_test, y_test = inputs.x["test"].to(first.device), inputs.y["test"]
     surrogates: dict[str, nn.Module] = {}
+    wrapped: dict[str, tuple[Defense, nn.Module]] = {}
     for cell in parsed:
         start = time.perf_counter()
+        defense, evaluated = None, model
+        if cell.defense is not None:
+            if cell.defense_label not in wrapped:
+                built = DEFENSES.get(cell.defense)(**cell.defense_params)
+                wrapped[cell.defense_label] = (built, built.wrap(model, task))
+            defense, evaluated = wrapped[cell.defense_label]
         surrogate = None
         if cell.source is not None:
             source = cell.source_cell()
@@ -302,7 +371,15 @@ def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResu
                 surrogates[source.training_key] = trained
             surrogate = surrogates[source.training_key]
         outcome = evaluate_cell(
-            cell, task, model, x_test, y_test, surrogate=surrogate, tokenizer=inputs.tokenizer
+            cell,
+            task,
+            evaluated,
+            x_test,
+            y_test,
+            surrogate=surrogate,
+            tokenizer=inputs.tokenizer,
+            defense=defense,
+            base=model,
         )
         record = cell.to_dict()
         if outcome.attack_config:
@@ -317,6 +394,7 @@ def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResu
             train_seconds,
             time.perf_counter() - start,
             outcome.samples,
+            outcome.timings,
         )
 
 

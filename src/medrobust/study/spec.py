@@ -35,6 +35,17 @@ on a disjoint share of the training data (another "institution")::
     name = "pgd"
     transfer = true       # craft on each other model of the task, evaluate on this one
     eps = { image = [0.0157] }
+
+Defenses are an axis of the study: each applies to the tasks (and models) it serves, and the
+defended model meets the same attacks, examples and seeds as the undefended one. Parameters can
+differ per modality or task (``overrides``, task names before modalities), so one entry sweeps
+nothing; a sweep is several entries with their own ``label``::
+
+    [[defenses]]
+    name = "randomized_smoothing"
+    overrides = { image = { sigma = 0.12 }, tabular = { sigma = 0.25 } }
+    attacks = ["pgd"]     # evaluate it against these attacks only (default: all)
+    models = ["small_cnn"] # defend these model labels only (default: every model it fits)
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ import yaml
 
 from medrobust.attacks import ATTACKS
 from medrobust.data import get_task_spec
+from medrobust.defenses import DEFENSES
 from medrobust.errors import ConfigError, MedrobustError
 from medrobust.models import MODELS
 from medrobust.training import FitConfig
@@ -143,6 +155,68 @@ class AttackEntry:
 
 
 @dataclass(frozen=True)
+class DefenseEntry:
+    """One defense with its parameters (common and per task or modality) and its scope.
+
+    Attributes:
+        name: registry name of the defense.
+        label: its name in the results; unique in the study.
+        params: parameters for every task.
+        overrides: task name or modality -> parameters that replace ``params`` there.
+        tasks: task names it applies to (empty: every task of a modality it serves).
+        models: model labels (or names) it defends (empty: every model of those tasks).
+        attacks: attack names evaluated against it (empty: every attack of the task).
+    """
+
+    name: str
+    label: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    tasks: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    attacks: tuple[str, ...] = ()
+
+    def params_for(self, task_name: str, modality: str) -> dict[str, Any]:
+        """The parameters on a task: ``params``, then its modality's, then its own overrides."""
+        return {
+            **dict(self.params),
+            **dict(self.overrides.get(modality, {})),
+            **dict(self.overrides.get(task_name, {})),
+        }
+
+    def applies_to(self, task_name: str) -> bool:
+        """Whether the defense runs on the task: a classification task of a modality it serves
+        (anomaly detectors are not defended), within the ``tasks`` filter."""
+        task = get_task_spec(task_name)
+        served = DEFENSES.get(self.name).modalities
+        return (
+            task.modality in served
+            and task.kind is TaskKind.CLASSIFICATION
+            and (not self.tasks or task_name in self.tasks)
+        )
+
+    def defends(self, model: ModelEntry) -> bool:
+        """Whether the defense runs on this model of a task it applies to."""
+        return not self.models or model.label in self.models or model.name in self.models
+
+    def evaluates(self, attack: AttackEntry) -> bool:
+        """Whether this attack is run against the defended model."""
+        return not self.attacks or attack.name in self.attacks
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict form (stored with the results)."""
+        return {
+            "name": self.name,
+            "label": self.label,
+            "params": dict(self.params),
+            "overrides": {k: dict(v) for k, v in self.overrides.items()},
+            "tasks": list(self.tasks),
+            "models": list(self.models),
+            "attacks": list(self.attacks),
+        }
+
+
+@dataclass(frozen=True)
 class StudySpec:
     """A validated study configuration."""
 
@@ -154,6 +228,7 @@ class StudySpec:
     tasks: tuple[TaskEntry, ...]
     attacks: tuple[AttackEntry, ...]
     output: str = "medrobust-results"
+    defenses: tuple[DefenseEntry, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (stored with the results)."""
@@ -183,6 +258,7 @@ class StudySpec:
                 }
                 for a in self.attacks
             ],
+            "defenses": [d.to_dict() for d in self.defenses],
         }
 
 
@@ -320,10 +396,77 @@ def _check_attack(
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def _names(where: str, raw: Any) -> tuple[str, ...]:
+    values = _expect(where, raw, list, "a list of names")
+    for value in values:
+        _expect(where, value, str, "a list of names")
+    return tuple(values)
+
+
+def _parse_defense(where: str, raw: Any) -> DefenseEntry:
+    raw = _expect(where, raw, dict, "a table with 'name'")
+    _check_keys(where, raw, {"name", "label", "params", "overrides", "tasks", "models", "attacks"})
+    name = _expect(f"{where}.name", raw.get("name"), str, "a defense name")
+    DEFENSES.get(name)
+    label = _expect(f"{where}.label", raw.get("label", name), str, "a string")
+    params = dict(_expect(f"{where}.params", raw.get("params", {}), dict, "a table"))
+    overrides_raw = _expect(
+        f"{where}.overrides",
+        raw.get("overrides", {}),
+        dict,
+        "a table of parameter tables by task or modality",
+    )
+    overrides = {
+        key: dict(_expect(f"{where}.overrides.{key}", value, dict, "a table of parameters"))
+        for key, value in overrides_raw.items()
+    }
+    tasks = _names(f"{where}.tasks", raw.get("tasks", []))
+    for task in tasks:
+        get_task_spec(task)
+    attacks = _names(f"{where}.attacks", raw.get("attacks", []))
+    for attack in attacks:
+        ATTACKS.get(attack)
+    models = _names(f"{where}.models", raw.get("models", []))
+    return DefenseEntry(name, label, params, overrides, tasks, models, attacks)
+
+
+def _check_defense(where: str, defense: DefenseEntry, tasks: tuple[TaskEntry, ...]) -> None:
+    """Build the defense for each task it applies to, so bad parameters fail before training."""
+    cls = DEFENSES.get(defense.name)
+    known_tasks = {t.name for t in tasks}
+    for task_name in defense.tasks:
+        if task_name not in known_tasks:
+            raise ConfigError(f"{where}.tasks names {task_name!r}, which the study does not run.")
+    labels = {m.label for t in tasks for m in t.models} | {m.name for t in tasks for m in t.models}
+    for model in defense.models:
+        if model not in labels:
+            raise ConfigError(
+                f"{where}.models names {model!r}, which is no model of the study. "
+                f"Models: {sorted(labels)}."
+            )
+    for task_name in defense.tasks:
+        if not defense.applies_to(task_name):
+            raise ConfigError(
+                f"{where}.tasks names {task_name!r}, which the {defense.name} defense does not "
+                f"serve (it defends classifiers of "
+                f"{sorted(m.value for m in cls.modalities)} inputs)."
+            )
+    for task in tasks:
+        modality = get_task_spec(task.name).modality.value
+        if not defense.applies_to(task.name):
+            continue
+        try:
+            cls(**defense.params_for(task.name, modality))
+        except TypeError as exc:
+            raise ConfigError(f"{where} on task {task.name!r}: {exc}") from exc
+        except MedrobustError as exc:
+            raise ConfigError(f"{where} on task {task.name!r}: {exc}") from exc
+
+
 def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     """Validate a config mapping (as read from TOML/YAML) into a :class:`StudySpec`."""
     raw = _expect("The config", raw, dict, "a table")
-    _check_keys("the config", raw, {"study", "tasks", "attacks"})
+    _check_keys("the config", raw, {"study", "tasks", "attacks", "defenses"})
     study = dict(_expect("[study]", raw.get("study", {}), dict, "a table"))
     _check_keys(
         "[study]",
@@ -359,6 +502,18 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
             _check_attack(
                 f"attacks[{i}] on task {task.name!r}", attack, list(values), task_spec.domain
             )
+    defenses_raw = _expect(
+        "defenses", raw.get("defenses", []), list, "a list of [[defenses]] tables"
+    )
+    defenses = tuple(_parse_defense(f"defenses[{i}]", d) for i, d in enumerate(defenses_raw))
+    defense_labels = [d.label for d in defenses]
+    if len(set(defense_labels)) != len(defense_labels):
+        raise ConfigError(
+            "Each defense of a study needs its own label; give repeated defenses a 'label'. "
+            f"Got labels {defense_labels}."
+        )
+    for i, defense in enumerate(defenses):
+        _check_defense(f"defenses[{i}]", defense, tasks)
     spec = StudySpec(
         name=str(study.get("name", "study")),
         trials=trials,
@@ -368,6 +523,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         tasks=tasks,
         attacks=attacks,
         output=str(study.get("output", "medrobust-results")),
+        defenses=defenses,
     )
     from medrobust.study.plan import plan_cells  # local: plan imports this module
 

@@ -12,13 +12,13 @@ import math
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medrobust.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x4D454452  # "MEDR": marks the file as a medrobust store
 
 _SCHEMA = """
@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS samples (
 CREATE TABLE IF NOT EXISTS timings (
     cell_id TEXT PRIMARY KEY REFERENCES cells(cell_id),
     train_seconds REAL NOT NULL,
-    eval_seconds REAL NOT NULL
+    eval_seconds REAL NOT NULL,
+    other_json TEXT NOT NULL
 );
 """
 
@@ -84,7 +85,9 @@ class TextSample:
 
 @dataclass(frozen=True)
 class CellResult:
-    """Everything a finished cell writes."""
+    """Everything a finished cell writes. ``timings`` holds measured costs other than training
+    and evaluation wall time (e.g. ``inference_ms``); like them, they vary from run to run and
+    stay out of :meth:`ResultStore.result_rows`."""
 
     cell_id: str
     cell: dict[str, Any]
@@ -93,6 +96,7 @@ class CellResult:
     train_seconds: float
     eval_seconds: float
     samples: Sequence[TextSample] = ()
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def _clean_json(value: Any) -> Any:
@@ -228,21 +232,27 @@ class ResultStore:
                 [(result.cell_id, t.example, t.original, t.adversarial) for t in result.samples],
             )
             conn.execute(
-                "INSERT INTO timings VALUES (?, ?, ?)",
-                (result.cell_id, result.train_seconds, result.eval_seconds),
+                "INSERT INTO timings VALUES (?, ?, ?, ?)",
+                (
+                    result.cell_id,
+                    result.train_seconds,
+                    result.eval_seconds,
+                    json.dumps(_clean_json(result.timings), sort_keys=True, allow_nan=False),
+                ),
             )
 
     def cells(self) -> list[dict[str, Any]]:
         """All finished cells with their config, metrics and timings, in a stable order."""
         with closing(
             self._conn.execute(
-                "SELECT c.cell_id, c.cell_json, c.metrics_json, t.train_seconds, t.eval_seconds "
+                "SELECT c.cell_id, c.cell_json, c.metrics_json, t.train_seconds, t.eval_seconds, "
+                "t.other_json "
                 "FROM cells c JOIN timings t USING (cell_id) ORDER BY c.cell_id"
             )
         ) as cursor:
             rows = cursor.fetchall()
         out = []
-        for cell_id, cell_json, metrics_json, train_s, eval_s in rows:
+        for cell_id, cell_json, metrics_json, train_s, eval_s, other_json in rows:
             metrics = {
                 k: (math.nan if v is None else v) for k, v in json.loads(metrics_json).items()
             }
@@ -253,6 +263,7 @@ class ResultStore:
                     "metrics": metrics,
                     "train_seconds": train_s,
                     "eval_seconds": eval_s,
+                    "timings": json.loads(other_json),
                 }
             )
         return out
