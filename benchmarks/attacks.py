@@ -17,8 +17,8 @@ outputs is reused as the first of them). The success-rate evaluation of section 
 forward to every contender alike. The limit is timed interleaved with the attacks (every repeat
 runs each contender once, in rotated order); a ratio is the median over repeats of the ratio
 within one repeat, so that load from other processes cancels as far as it can. glibc's
-allocator gets fixed thresholds first (see ``steady_allocator``; ``--default-allocator`` to keep
-its defaults).
+allocator gets fixed thresholds first (see ``_common.steady_allocator``; ``--default-allocator``
+to keep its defaults).
 
 **What is compared.** Four small models trained in seconds on real data: a CNN on BreastMNIST
 28x28, a CNN on PneumoniaMNIST upsampled to 3x64x64 (there is no 64x64 MedMNIST file offline), a
@@ -39,102 +39,52 @@ Every table prints what this run measured, with the goal beside each measured ra
 
 from __future__ import annotations
 
-import argparse
-import atexit
 import contextlib
-import ctypes
-import gc
-import importlib
 import math
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import (  # benchmarks/, first on sys.path when this script runs
+    TrainedModel,
+    accuracy,
+    add_library_options,
+    new_parser,
+    rotated_rounds,
+    setup_environment,
+    start_run,
+    test_examples,
+    time_ratio,
+    train,
+    train_on_splits,
+    verdict,
+)
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _setup_environment() -> None:
-    """Real data offline, a private cache unless one is set, and this checkout's own package
-    (ahead of any installed copy, so that a fresh clone measures its own code)."""
-    if not os.environ.get("MEDROBUST_DATA", "").strip():
-        os.environ["MEDROBUST_DATA"] = str(REPO.parent / "shared" / "data")
-    os.environ.setdefault("MEDROBUST_OFFLINE", "1")
-    if not os.environ.get("MEDROBUST_CACHE", "").strip():
-        cache = tempfile.mkdtemp(prefix="medrobust-bench-")
-        atexit.register(shutil.rmtree, cache, ignore_errors=True)
-        os.environ["MEDROBUST_CACHE"] = cache
-    if (REPO / "src" / "medrobust").is_dir():
-        sys.path.insert(0, str(REPO / "src"))
-
-
-_setup_environment()
+setup_environment()
 
 from medrobust.attacks import FGSM, JSMA, PGD  # noqa: E402
 from medrobust.data import load_task  # noqa: E402
 from medrobust.metrics import predictions, success_rate  # noqa: E402
 from medrobust.models import build_model, prepare_inputs  # noqa: E402
 from medrobust.models.image import SmallCNN  # noqa: E402
-from medrobust.training import FitConfig, fit  # noqa: E402
+from medrobust.training import FitConfig  # noqa: E402
 from medrobust.types import UNIT_INTERVAL  # noqa: E402
 
 STEPS = 10
 EARLY_EPS = 3  # section 3 attacks with this multiple of each model's budget
 LIBRARIES = ("torchattacks", "art", "foolbox")
 LIBRARY_NAMES = {"torchattacks": "torchattacks", "art": "ART", "foolbox": "Foolbox"}
-
-
-# -- optional libraries --------------------------------------------------------------------------
-
-
-def steady_allocator() -> bool:
-    """Fix glibc's allocator thresholds (where there is glibc).
-
-    By default glibc hands large freed blocks back to the OS and faults them in again on the
-    next allocation, with a threshold that moves with the history of allocations: which contender
-    ran just before changed a contender's time by up to 15 % here. Fixed, high thresholds keep
-    freed memory for reuse, the same for every contender and for the limit.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 1 << 30)) and bool(libc.mallopt(-1, 1 << 30))  # MMAP, TRIM
-    except (OSError, AttributeError):
-        return False
-
-
-def _load_libraries(wanted: set[str]) -> dict[str, Any]:
-    """Import each wanted library; absent ones are reported and left out."""
-    found: dict[str, Any] = {}
-    for name in LIBRARIES:
-        if name not in wanted:
-            print(f"  {LIBRARY_NAMES[name]:<13} skipped (--libraries)")
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # their import-time deprecation noise
-                module = importlib.import_module(name)
-                if name == "art":
-                    importlib.import_module("art.attacks.evasion")
-                    importlib.import_module("art.estimators.classification")
-        except ImportError as exc:
-            print(f"  {LIBRARY_NAMES[name]:<13} not installed ({exc.name or exc})")
-            continue
-        found[name] = module
-        print(f"  {LIBRARY_NAMES[name]:<13} {getattr(module, '__version__', '?')}")
-    return found
+SUBMODULES = {"art": ("art.attacks.evasion", "art.estimators.classification")}
 
 
 # -- models on real data -------------------------------------------------------------------------
@@ -158,51 +108,16 @@ class Rescaled(nn.Module):
 
 
 @dataclass
-class Victim:
-    """A trained model with the batch every contender attacks."""
+class Victim(TrainedModel):
+    """A trained model with the batch every contender attacks (``x``, ``y``) and its budget."""
 
-    key: str
-    description: str
-    model: nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-    classes: int
     eps: float
     eps_note: str
-    train_s: float
-    accuracy: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        with torch.no_grad():
-            self.accuracy = float((predictions(self.model(self.x)) == self.y).float().mean())
 
     @property
     def alpha(self) -> float:
         """PGD step size, the same for every library (medrobust's default, 2.5 eps / steps)."""
         return 2.5 * self.eps / STEPS
-
-
-def _batch(inputs: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``size`` examples of the test split, then of the validation split."""
-    x = torch.cat([inputs.x["test"], inputs.x["val"]])[:size]
-    y = torch.cat([inputs.y["test"], inputs.y["val"]])[:size]
-    return x.contiguous(), y
-
-
-def _train(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    xv: torch.Tensor,
-    yv: torch.Tensor,
-    config: FitConfig,
-) -> float:
-    start = time.perf_counter()
-    fit(model, x, y, xv, yv, config=config, seed=0)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)  # nobody needs weight gradients here; ART/Foolbox would store them
-    return time.perf_counter() - start
 
 
 def _upsample(x: torch.Tensor) -> torch.Tensor:
@@ -220,24 +135,17 @@ def build_victims(quick: bool) -> list[Victim]:
     inputs = prepare_inputs(task)
     torch.manual_seed(0)
     model = build_model("small_cnn", task, inputs, {"width": 16})
-    seconds = _train(
-        model,
-        inputs.x["train"],
-        inputs.y["train"],
-        inputs.x["val"],
-        inputs.y["val"],
-        FitConfig(epochs=5, batch_size=32, patience=0),
-    )
-    x, y = _batch(inputs, batch)
+    seconds = train_on_splits(model, inputs, FitConfig(epochs=5, batch_size=32, patience=0))
+    x, y = test_examples(inputs, batch)
     victims.append(
-        Victim("cnn28", "CNN, BreastMNIST 1x28x28", model, x, y, 2, 0.03, "eps 0.03", seconds)
+        Victim("cnn28", "CNN, BreastMNIST 1x28x28", model, x, y, 2, seconds, 0.03, "eps 0.03")
     )
 
     task = load_task("pneumoniamnist", seed=0)
     inputs = prepare_inputs(task)
     torch.manual_seed(0)
     model = SmallCNN(3, 2, width=8)
-    seconds = _train(
+    seconds = train(
         model,
         _upsample(inputs.x["train"][:1500]),
         inputs.y["train"][:1500],
@@ -255,9 +163,9 @@ def build_victims(quick: bool) -> list[Victim]:
             x,
             y,
             2,
+            seconds,
             0.01,
             "eps 0.01",
-            seconds,
         )
     )
 
@@ -282,9 +190,7 @@ def build_victims(quick: bool) -> list[Victim]:
     ):
         torch.manual_seed(0)
         model = build_model(key, task, inputs, hparams)
-        seconds = _train(
-            model, inputs.x["train"], inputs.y["train"], inputs.x["val"], inputs.y["val"], config
-        )
+        seconds = train_on_splits(model, inputs, config)
         eps = eps_raw / (high - low)
         victims.append(
             Victim(
@@ -294,9 +200,9 @@ def build_victims(quick: bool) -> list[Victim]:
                 x,
                 y,
                 5,
+                seconds,
                 eps,
                 f"eps {eps:.4f} = {eps_raw} in z-units",
-                seconds,
             )
         )
     return victims
@@ -311,26 +217,8 @@ def race(
     """Run each contender once (warm-up; its output is kept), then ``repeats`` rounds of all of
     them in rotated order. Returns seconds per round and the warm-up outputs."""
     outputs = {name: fn() for name, fn in contenders.items()}
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    gc.collect()
-    gc.disable()  # no collector pause inside a timed call; one collection per round instead
-    try:
-        for r in range(repeats):
-            shift = r % len(names)
-            for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
-                contenders[name]()
-                times[name].append(time.perf_counter() - start)
-            gc.collect()
-    finally:
-        gc.enable()
+    times, _ = rotated_rounds(repeats, lambda r: contenders)
     return times, outputs
-
-
-def ratio(times: dict[str, list[float]], name: str, reference: str) -> float:
-    """Median over rounds of ``name``'s time over ``reference``'s time in the same round."""
-    return statistics.median(a / b for a, b in zip(times[name], times[reference], strict=True))
 
 
 def median_ms(times: list[float]) -> float:
@@ -348,14 +236,9 @@ def limit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, passes: int) -> Ca
     return run
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "MISS"
-
-
 def _quiet(fn: Callable[[], Any]) -> Callable[[], Any]:
     def run() -> Any:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(action="ignore"):
             return fn()
 
     return run
@@ -419,11 +302,6 @@ def library_attacks(libs: dict[str, Any], v: Victim) -> dict[str, dict[str, Call
 # -- sections ------------------------------------------------------------------------------------
 
 
-def _robust_accuracy(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return 100.0 * float((predictions(model(x_adv.detach())) == y).float().mean())
-
-
 def section_speed(victims: list[Victim], libs: dict[str, Any], repeats: int) -> None:
     names = [n for n in LIBRARIES if n in libs]
     print(
@@ -463,19 +341,19 @@ def section_speed(victims: list[Victim], libs: dict[str, Any], repeats: int) -> 
             }
             # One pass is short and noisy: FGSM gets three times the repeats.
             times, outputs = race(contenders, repeats * (3 if passes == 1 else 1))
-            ours_ratio = ratio(times, "medrobust", "limit")
-            cells = "".join(f"{ratio(times, n, 'limit'):>14.3f}" for n in names)
+            ours_ratio = time_ratio(times, "medrobust", "limit")
+            cells = "".join(f"{time_ratio(times, n, 'limit'):>14.3f}" for n in names)
             print(
                 f"{v.key:<8}{attack:<8}{len(v.x):>6}{median_ms(times['limit']):>10.1f}"
                 f"{ours_ratio:>11.3f}{cells}{'<= 1.05':>9}  {verdict(ours_ratio <= 1.05)}"
             )
-            ours_acc = _robust_accuracy(v.model, outputs["medrobust"], v.y)
+            ours_acc = accuracy(v.model, outputs["medrobust"], v.y)
             preds = predictions(v.model(outputs["medrobust"]).detach())
             others = {}
             for n in names:
                 theirs = outputs[n]
                 same = float((predictions(v.model(theirs).detach()) == preds).float().mean())
-                others[n] = (_robust_accuracy(v.model, theirs, v.y), 100.0 * same)
+                others[n] = (accuracy(v.model, theirs, v.y), 100.0 * same)
             agreement.append((v.key, attack, ours_acc, others))
     print(
         "\n== 2. Robust accuracy (%) on identical inputs: no random start, same eps and step "
@@ -589,11 +467,11 @@ def section_early_stop(victims: list[Victim], libs: dict[str, Any], repeats: int
         truth = v.y.numpy()
         rate_early = 100 * success_rate(truth, clean, outputs["early"].numpy())
         rate_full = 100 * success_rate(truth, clean, outputs["full"].numpy())
-        speedup = ratio(times, "full", "early")
+        speedup = time_ratio(times, "full", "early")
         ok = speedup >= 2.0 and rate_early >= rate_full
         print(
             f"{v.key:<8}{len(v.x):>6}{100 * used:>12.0f}%"
-            f"{100 * ratio(pass_times, 'small', 'whole'):>11.0f}%"
+            f"{100 * time_ratio(pass_times, 'small', 'whole'):>11.0f}%"
             f"{median_ms(times['early']):>10.1f}{median_ms(times['full']):>10.1f}"
             f"{speedup:>8.2f}x{'>= 2x':>7}{rate_early:>14.1f}%{rate_full:>13.1f}%  "
             f"{verdict(ok)}"
@@ -818,17 +696,8 @@ def section_jsma(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="smaller batches, fewer repeats and images (about a minute)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch intra-op threads (default 1: steadiest on a shared machine)",
+    parser = new_parser(
+        __doc__.split("\n\n")[0], "smaller batches, fewer repeats and images (about a minute)"
     )
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed repeats per contender (default 5, quick 3)"
@@ -839,37 +708,21 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="28x28 images for the JSMA comparison (default 64, quick 8)",
     )
-    parser.add_argument(
-        "--libraries",
-        default=",".join(LIBRARIES),
-        help="comma-separated subset of torchattacks,art,foolbox to compare",
-    )
-    parser.add_argument(
-        "--default-allocator",
-        action="store_true",
-        help="leave glibc's allocator thresholds alone (noisier timings)",
+    add_library_options(
+        parser, LIBRARIES, "comma-separated subset of torchattacks,art,foolbox to compare"
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    steady = steady_allocator() if not args.default_allocator else False
     repeats = args.repeats or (3 if args.quick else 5)
     images = args.jsma_images or (8 if args.quick else 64)
     images64 = 4 if args.quick else 8
     started = time.perf_counter()
 
-    print(
-        f"medrobust attack benchmark: torch {torch.__version__}, {args.threads} thread(s), "
-        f"{os.cpu_count()} CPU(s), {'quick' if args.quick else 'full'} run"
-    )
-    print(f"data: {os.environ['MEDROBUST_DATA']}")
-    print(f"allocator: {'glibc with fixed thresholds' if steady else 'default'}")
-    print("libraries:")
-    libs = _load_libraries({s.strip() for s in args.libraries.split(",") if s.strip()})
+    libs = start_run(args, "attack", LIBRARY_NAMES, SUBMODULES)
     victims = build_victims(args.quick)
     print(f"\n{'model':<8}{'description':<46}{'train s':>8}{'clean acc':>10}  budget (L-inf)")
     for v in victims:
         print(
-            f"{v.key:<8}{v.description:<46}{v.train_s:>8.1f}{100 * v.accuracy:>9.1f}%  "
+            f"{v.key:<8}{v.description:<46}{v.train_s:>8.1f}{v.clean_accuracy:>9.1f}%  "
             f"{v.eps_note}, PGD step {v.alpha:.4g}"
         )
     print(
