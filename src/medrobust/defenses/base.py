@@ -68,7 +68,6 @@ class Defense(abc.ABC):
         adaptive_attack: ``"eot"`` or ``"bpda"``: the adaptive attacker a study adds; ``None``.
         retrains: the defended model is built or trained differently from the undefended one
             (``False``: it wraps the undefended model, which a study then trains once).
-        relu_only: it needs a model built from ``nn.ReLU`` modules.
     """
 
     name: ClassVar[str]
@@ -76,7 +75,6 @@ class Defense(abc.ABC):
     masks_gradients: ClassVar[bool] = False
     adaptive_attack: ClassVar[str | None] = None
     retrains: ClassVar[bool] = True
-    relu_only: ClassVar[bool] = False
 
     @abc.abstractmethod
     def params(self) -> dict[str, Any]:

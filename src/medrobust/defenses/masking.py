@@ -171,7 +171,6 @@ class StochasticActivationPruning(Defense):
     masks_gradients = True
     adaptive_attack = "eot"
     retrains = False
-    relu_only = True
 
     def __init__(self, *, draws: float = 4.0, eot_samples: int = 16) -> None:
         self.draws = float(check_number(type(self).__name__, "draws", draws, minimum=0.0))
