@@ -208,10 +208,12 @@ class _Spectral(nn.Module, abc.ABC):
                 if remaining <= _TOLERANCE * value:
                     return max(value + remaining, self._lanczos(weight, v))
             previous, change_before = value, change
-        value = max(value, self._lanczos(weight, v))
+        lanczos = self._lanczos(weight, v)
+        if lanczos > 0.0:  # ARPACK converged (to 1e-12) where the power iteration crawled
+            return max(value, lanczos)
         warnings.warn(
-            f"The power iteration of {type(self).__name__} did not converge in "
-            f"{_MAX_ITERATIONS} iterations; its norm {value:.6g} may be underestimated.",
+            f"Neither the power iteration of {type(self).__name__} ({_MAX_ITERATIONS} "
+            f"iterations) nor Lanczos converged; its norm {value:.6g} may be underestimated.",
             RuntimeWarning,
             stacklevel=2,
         )
