@@ -14,7 +14,12 @@ import pytest
 from medrobust.defenses import DEFENSES
 from medrobust.errors import MedrobustError
 from medrobust.study import ResultStore, parse_spec, plan_cells, run_study, write_report
-from medrobust.study.report import certification_table, defense_table, overhead_table
+from medrobust.study.report import (
+    certification_table,
+    defense_anova_table,
+    defense_table,
+    overhead_table,
+)
 
 
 def defense_config() -> dict[str, Any]:
@@ -123,6 +128,26 @@ def test_defense_study_reports_effectiveness_overhead_and_certificates(
             <= rows[("breastmnist", defense, "plain")]["post_defense_mean"] + 0.05
         )
 
+    # One-way ANOVA across the undefended model and its defenses, Tukey against the undefended.
+    anova = [
+        r
+        for r in defense_anova_table(cells).records
+        if (r["task"], r["attack"], r["norm"]) == ("wisconsin", "pgd", "linf")
+    ]
+    # undefended + AT, TRADES, smoothing, Lipschitz, SAP: one record per defense
+    assert {r["defense"] for r in anova} == {
+        "pgd-at (class eps)",
+        "trades",
+        "randomized_smoothing",
+        "lipschitz",
+        "stochastic_activation_pruning",
+    }
+    assert all((r["df_between"], r["df_within"]) == (5, 6) and 0 <= r["p"] <= 1 for r in anova)
+    at = next(r for r in anova if r["defense"] == "pgd-at (class eps)")
+    plain_at = rows[("wisconsin", "pgd-at (class eps)", "plain")]
+    assert at["minus_undefended"] == pytest.approx(plain_at["improvement_mean"])
+    assert at["ci_low"] <= at["minus_undefended"] <= at["ci_high"]
+
     overhead = {(r["task"], r["defense"]): r for r in overhead_table(cells).records}
     names = {c["defense_label"]: c["defense"] for c in cells if c["defense"] is not None}
     for (_, label), record in overhead.items():
@@ -143,7 +168,7 @@ def test_defense_study_reports_effectiveness_overhead_and_certificates(
 
     paths = write_report(store)
     names = {p.name for p in paths}
-    assert {"defenses.csv", "overhead.csv", "certified.csv"} <= names
+    assert {"defenses.csv", "defense_anova.csv", "overhead.csv", "certified.csv"} <= names
     with (tmp_path / "defenses.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == len(effect.records)
     report = (tmp_path / "report.md").read_text()

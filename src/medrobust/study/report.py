@@ -17,7 +17,7 @@ from typing import Any
 from medrobust.atomic import write_text_atomically
 from medrobust.attacks.masking import MASKING_CHECKS
 from medrobust.defenses import DEFENSES
-from medrobust.stats import Summary, paired_ttest, summarize
+from medrobust.stats import Summary, one_way_anova, paired_ttest, summarize
 from medrobust.study.store import ResultStore
 
 CLEAN_METRICS = (
@@ -530,6 +530,94 @@ def defense_table(cells: list[dict[str, Any]]) -> Table:
     )
 
 
+UNDEFENDED = "undefended"
+
+
+def defense_anova_table(cells: list[dict[str, Any]]) -> Table:
+    """One-way ANOVA of the accuracy under each attack across the undefended model and its
+    defenses, with Tukey HSD of each defense against the undefended model.
+
+    A defense that has an adaptive attacker enters with its adaptive cells (its real
+    robustness), the others with their plain cells. Each trial gives one value per condition;
+    the ANOVA treats the conditions as independent groups (the trials share seeds, so the test
+    is conservative for paired data; the effectiveness table's paired test is the sharper one).
+    """
+    groups: dict[tuple[Any, ...], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    rows: list[tuple[str, ...]] = []
+    records: list[dict[str, Any]] = []
+    for c in cells:
+        if c["attack"] is None:
+            continue
+        key = (c["task"], model_name(c), attack_name(c), c["norm"], c["eps"], c["targeted"])
+        if c.get("defense") is None:
+            groups[key][UNDEFENDED].append(c["metrics"]["adv_accuracy"])
+            continue
+        has_adaptive = DEFENSES.get(c["defense"]).adaptive_attack is not None
+        if bool(c.get("adaptive")) == has_adaptive or c.get("source") is not None:
+            groups[key][c["defense_label"]].append(c["metrics"]["adv_accuracy"])
+    for key, conditions in sorted(groups.items()):
+        task, model, attack, norm, eps, targeted = key
+        usable = {name: values for name, values in conditions.items() if len(values) >= 2}
+        if UNDEFENDED not in usable or len(usable) < 2:
+            continue
+        ordered = {UNDEFENDED: usable.pop(UNDEFENDED), **dict(sorted(usable.items()))}
+        anova = one_way_anova(ordered)
+        versus = [pair for pair in anova.pairs if pair.group1 == UNDEFENDED]
+        label = f"{attack} ({norm}{', targeted' if targeted else ''})"
+        rows.append(
+            (
+                str(task),
+                str(model),
+                label,
+                f"{eps:g}",
+                str(len(ordered)),
+                anova.format(),
+                "; ".join(pair.format() for pair in versus),
+            )
+        )
+        record: dict[str, Any] = {
+            "task": task,
+            "model": model,
+            "attack": attack,
+            "norm": norm,
+            "eps": eps,
+            "targeted": targeted,
+            "conditions": len(ordered),
+            "f": anova.f,
+            "df_between": anova.df_between,
+            "df_within": anova.df_within,
+            "p": anova.p,
+        }
+        # Long form for CSV: one record per defense, the ANOVA repeated on each.
+        records += [
+            {
+                **record,
+                "defense": pair.group2,
+                "minus_undefended": pair.mean_difference,
+                "ci_low": pair.ci_low,
+                "ci_high": pair.ci_high,
+                "p_adjusted": pair.p_adjusted,
+            }
+            for pair in versus
+        ]
+    header = (
+        "Task",
+        "Model",
+        "Attack",
+        "eps",
+        "Conditions",
+        "One-way ANOVA of accuracy under attack",
+        "Tukey HSD: defense - undefended [95% simultaneous CI], adjusted p",
+    )
+    return Table(
+        "Accuracy under attack across defenses: one-way ANOVA with Tukey HSD (masking and "
+        "randomized defenses by their adaptive attack)",
+        header,
+        rows,
+        records,
+    )
+
+
 def overhead_table(cells: list[dict[str, Any]]) -> Table:
     """Training and inference time of each defended model relative to the undefended model of
     the same task, model and trial, measured in the same run (mean ± SD over trials).
@@ -653,6 +741,7 @@ def _tables(cells: list[dict[str, Any]], store: ResultStore) -> list[Table]:
         attack_table(plain),
         worst_case_table(plain, store),
         defense_table(cells),
+        defense_anova_table(cells),
         overhead_table(cells),
         certification_table(cells),
     ]
@@ -668,8 +757,8 @@ def build_tables(store_path: str | Path) -> list[Table]:
 
 def write_report(store_path: str | Path, output: str | Path | None = None) -> list[Path]:
     """Write ``report.md``, ``clean.csv``, ``attacks.csv``, ``worst_case.csv``,
-    ``defenses.csv``, ``overhead.csv``, ``certified.csv`` and ``transfer.csv`` beside the store
-    or in ``output``."""
+    ``defenses.csv``, ``defense_anova.csv``, ``overhead.csv``, ``certified.csv`` and
+    ``transfer.csv`` beside the store or in ``output``."""
     out = Path(output) if output is not None else Path(store_path).parent
     out.mkdir(parents=True, exist_ok=True)
     with ResultStore(store_path) as store:
@@ -705,6 +794,7 @@ def write_report(store_path: str | Path, output: str | Path | None = None) -> li
         out / "attacks.csv",
         out / "worst_case.csv",
         out / "defenses.csv",
+        out / "defense_anova.csv",
         out / "overhead.csv",
         out / "certified.csv",
         out / "transfer.csv",
