@@ -56,6 +56,20 @@ def attack_name(cell: dict[str, Any]) -> str:
     return cell["attack"] if source is None else f"{cell['attack']} from {source['model_label']}"
 
 
+def _attack_fields(
+    task: str, model: str, attack: str, norm: str, eps: float, targeted: bool
+) -> dict[str, Any]:
+    """The columns that name one attack configuration on one model, for CSV records."""
+    return {
+        "task": task,
+        "model": model,
+        "attack": attack,
+        "norm": norm,
+        "eps": eps,
+        "targeted": targeted,
+    }
+
+
 @dataclass(frozen=True)
 class Table:
     """A titled table of strings, with the numbers behind it for CSV."""
@@ -185,12 +199,7 @@ def attack_table(cells: list[dict[str, Any]]) -> Table:
         label = f"{attack} ({norm}{', targeted' if targeted else ''})"
         row = [task, model, label, f"{eps:g}", str(len(runs))]
         record: dict[str, Any] = {
-            "task": task,
-            "model": model,
-            "attack": attack,
-            "norm": norm,
-            "eps": eps,
-            "targeted": targeted,
+            **_attack_fields(task, model, attack, norm, eps, targeted),
             "trials": len(runs),
         }
         for metric, _ in ATTACK_METRICS:
@@ -576,12 +585,7 @@ def defense_anova_table(cells: list[dict[str, Any]]) -> Table:
             )
         )
         record: dict[str, Any] = {
-            "task": task,
-            "model": model,
-            "attack": attack,
-            "norm": norm,
-            "eps": eps,
-            "targeted": targeted,
+            **_attack_fields(task, model, attack, norm, eps, targeted),
             "conditions": len(ordered),
             "f": anova.f,
             "df_between": anova.df_between,
