@@ -50,10 +50,10 @@ TIMED_EXAMPLES = 1000  # test examples timed for the inference cost, best of TIM
 TIMING_REPEATS = 3
 
 
-def build_defense(cell: Cell) -> Defense | None:
-    """The cell's defense with its parameters on the cell's task; ``None`` for no defense."""
+def build_defense(cell: Cell) -> Defense:
+    """The cell's defense with its parameters on the cell's task."""
     if cell.defense is None:
-        return None
+        raise ConfigError(f"{cell.label} has no defense.")
     return DEFENSES.get(cell.defense)(**cell.defense_params)
 
 
@@ -354,7 +354,7 @@ def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResu
         defense, evaluated = None, model
         if cell.defense is not None:
             if cell.defense_label not in wrapped:
-                built = DEFENSES.get(cell.defense)(**cell.defense_params)
+                built = build_defense(cell)
                 wrapped[cell.defense_label] = (built, built.wrap(model, task))
             defense, evaluated = wrapped[cell.defense_label]
         surrogate = None
