@@ -143,17 +143,26 @@ class Trained:
         return (x, y) if limit is None else (x[:limit], y[:limit])
 
 
-def train_recipe(recipe: Recipe, task: Task, *, seed: int = 0, key: str | None = None) -> Trained:
-    """Build the recipe's model with torch seeded by ``seed`` and fit it with ``seed``."""
-    inputs = prepare_inputs(task, recipe.hparams)  # text: the tokenizer's vocab_size, max_length
-    torch.manual_seed(seed)
-    model = build_model(recipe.model, task, inputs, recipe.hparams)
-    result = fit(
+def fit_splits(model: nn.Module, inputs: TensorSplits, **kwargs: Any) -> FitResult:
+    """``fit`` on the training split of ``inputs``, validated on its validation split."""
+    return fit(
         model,
         inputs.x["train"],
         inputs.y["train"],
         inputs.x["val"],
         inputs.y["val"],
+        **kwargs,
+    )
+
+
+def train_recipe(recipe: Recipe, task: Task, *, seed: int = 0, key: str | None = None) -> Trained:
+    """Build the recipe's model with torch seeded by ``seed`` and fit it with ``seed``."""
+    inputs = prepare_inputs(task, recipe.hparams)  # text: the tokenizer's vocab_size, max_length
+    torch.manual_seed(seed)
+    model = build_model(recipe.model, task, inputs, recipe.hparams)
+    result = fit_splits(
+        model,
+        inputs,
         config=recipe.config,
         seed=seed,
     )

@@ -27,7 +27,7 @@ from medrobust.training import (
     predict_logits,
     save_checkpoint,
 )
-from tests.conftest import RECIPES, Recipe, Trained, train_recipe
+from tests.conftest import RECIPES, Recipe, Trained, fit_splits, train_recipe
 
 
 def state_equal(a: nn.Module, b: nn.Module) -> bool:
@@ -62,12 +62,9 @@ def test_fit_seed_alone_changes_the_weights(real_task: Callable[[str], Task]):
         model = build_model("mlp", task, inputs)
         model.load_state_dict(initial.state_dict())
         config = FitConfig(epochs=2, batch_size=32)
-        fit(
+        fit_splits(
             model,
-            inputs.x["train"],
-            inputs.y["train"],
-            inputs.x["val"],
-            inputs.y["val"],
+            inputs,
             config=config,
             seed=seed,
         )
@@ -85,12 +82,9 @@ def test_early_stopping_keeps_the_best_epoch(real_task: Callable[[str], Task]):
     torch.manual_seed(0)
     model = build_model("mlp", task, inputs, {"hidden": (128, 128), "dropout": 0.0})
     config = FitConfig(epochs=200, batch_size=16, lr=1e-2, patience=3)
-    result = fit(
+    result = fit_splits(
         model,
-        inputs.x["train"],
-        inputs.y["train"],
-        inputs.x["val"],
-        inputs.y["val"],
+        inputs,
         config=config,
     )
     assert result.epochs_run < 200
@@ -113,12 +107,9 @@ def test_patience_zero_runs_every_epoch(real_task: Callable[[str], Task]):
     torch.manual_seed(0)
     model = build_model("mlp", task, inputs)
     config = FitConfig(epochs=25, batch_size=16, lr=1e-2, patience=0)
-    result = fit(
+    result = fit_splits(
         model,
-        inputs.x["train"],
-        inputs.y["train"],
-        inputs.x["val"],
-        inputs.y["val"],
+        inputs,
         config=config,
     )
     assert result.epochs_run == 25 == len(result.history)
@@ -145,12 +136,9 @@ def test_checkpoint_round_trip(real_task: Callable[[str], Task], tmp_path: Path)
     torch.manual_seed(0)
     model = build_model("small_cnn", task, inputs, {"width": 8})
     path = tmp_path / "runs" / "cnn.pt"
-    fit(
+    fit_splits(
         model,
-        inputs.x["train"],
-        inputs.y["train"],
-        inputs.x["val"],
-        inputs.y["val"],
+        inputs,
         config=FitConfig(epochs=2, batch_size=64),
         checkpoint=path,
     )

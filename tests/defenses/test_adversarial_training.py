@@ -23,8 +23,8 @@ from medrobust.defenses.base import TrainingData
 from medrobust.errors import ParameterError
 from medrobust.metrics import predictions
 from medrobust.models import TensorSplits, build_model, prepare_inputs
-from medrobust.training import FitConfig, fit, predict_logits
-from tests.conftest import RECIPES, Trained
+from medrobust.training import FitConfig, predict_logits
+from tests.conftest import RECIPES, Trained, fit_splits
 
 WISCONSIN_FIT = FitConfig(epochs=30, batch_size=32, patience=0)
 
@@ -61,12 +61,9 @@ def test_pgd_adversarial_training_restores_robust_accuracy(
     for name, adversary in (("standard", None), ("pgd-at", PGD(eps=0.5, steps=5, seed=0))):
         torch.manual_seed(0)
         model = build_model("mlp", task, inputs)
-        fit(
+        fit_splits(
             model,
-            inputs.x["train"],
-            inputs.y["train"],
-            inputs.x["val"],
-            inputs.y["val"],
+            inputs,
             config=config,
             seed=0,
             adversary=adversary,

@@ -32,7 +32,8 @@ from medrobust.defenses.lipschitz import (
 from medrobust.errors import InputError, ParameterError
 from medrobust.metrics import certified_accuracy
 from medrobust.models import prepare_inputs
-from medrobust.training import FitConfig, fit, predict_logits
+from medrobust.training import FitConfig, predict_logits
+from tests.conftest import fit_splits
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +59,9 @@ def _train(
     task: Task, model: nn.Module, config: FitConfig, name: str, target_bound: float
 ) -> Certified:
     inputs = prepare_inputs(task)
-    fit(
+    fit_splits(
         model,
-        inputs.x["train"],
-        inputs.y["train"],
-        inputs.x["val"],
-        inputs.y["val"],
+        inputs,
         config=config,
         seed=0,
     )
