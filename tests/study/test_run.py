@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from medrobust.attacks.masking import MASKING_CHECKS
@@ -142,6 +143,11 @@ def test_an_interrupted_study_resumes_without_losing_cells(
     assert seen == list(range(6, total + 1))  # only the missing cells ran
     with ResultStore(tmp_path / "results.sqlite") as results:
         assert results.result_rows() == reference_rows
+        runs = results.runs()  # one provenance record per run, for the validation summary
+    assert len(runs) == 2
+    assert runs[0]["versions"]["torch"] == torch.__version__
+    files = {f["path"]: f["checksum"] for f in runs[1]["data_files"]}
+    assert files["medmnist/breastmnist.npz"].startswith(("md5:", "sha256:"))
 
 
 def test_a_killed_study_resumes_with_the_rows_of_an_uninterrupted_run(

@@ -6,9 +6,12 @@ executor can ship it to another process or machine; the local executor calls it 
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
 import json
 import logging
 import math
+import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +26,7 @@ from medrobust.atomic import write_text_atomically
 from medrobust.attacks import ATTACKS
 from medrobust.attacks.adaptive import EOT
 from medrobust.attacks.masking import masking_checks
-from medrobust.data import ensure_files, get_task_spec, load_task
+from medrobust.data import ensure_files, get_task_spec, load_task, required_files
 from medrobust.data.splits import share_indices
 from medrobust.data.task import Task
 from medrobust.defenses import DEFENSES, Defense, TrainingData
@@ -398,6 +401,43 @@ def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResu
         )
 
 
+PROVENANCE_PACKAGES = (
+    "medrobust",
+    "torch",
+    "numpy",
+    "scipy",
+    "statsmodels",
+    "scikit-learn",
+    "wfdb",
+)
+
+
+def run_provenance(task_names: Sequence[str], device: str) -> dict[str, Any]:
+    """What a reviewer needs to reproduce a run: when it started, on what software and
+    hardware, and the checksums of the data files its tasks read (each verified on locating)."""
+    versions = {"python": platform.python_version()}
+    for package in PROVENANCE_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    data_files = [
+        {
+            "path": file.path,
+            "checksum": f"sha256:{file.sha256}" if file.sha256 else f"md5:{file.md5}",
+            "url": file.url,
+        }
+        for file in required_files(task_names)
+    ]
+    return {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "device": device,
+        "versions": versions,
+        "data_files": data_files,
+    }
+
+
 def group_cells(cells: Sequence[Cell]) -> list[list[Cell]]:
     """Cells grouped by the trained model they share, in plan order."""
     groups: dict[str, list[Cell]] = {}
@@ -428,6 +468,7 @@ def run_study(
     identity = {k: v for k, v in spec.to_dict().items() if k not in ("output", "device")}
     store = ResultStore(out / "results.sqlite", identity)
     try:
+        store.record_run(run_provenance([t.name for t in spec.tasks], spec.device))
         done = store.done_ids()
         todo = [c for c in cells if c.cell_id not in done]
         finished = len(cells) - len(todo)

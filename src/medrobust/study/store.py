@@ -189,6 +189,23 @@ class ResultStore:
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'study'").fetchone()
         return json.loads(row[0]) if row else None
 
+    def record_run(self, provenance: dict[str, Any]) -> None:
+        """Append one run's provenance (start time, software versions, data checksums) to the
+        store's record of runs; a resumed study has one entry per run."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'runs'").fetchone()
+            runs = json.loads(row[0]) if row else []
+            runs.append(provenance)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('runs', ?)",
+                (json.dumps(runs, sort_keys=True),),
+            )
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The provenance of each run that wrote to the store, oldest first."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'runs'").fetchone()
+        return list(json.loads(row[0])) if row else []
+
     def done_ids(self) -> set[str]:
         """Ids of the finished cells."""
         return {r[0] for r in self._conn.execute("SELECT cell_id FROM cells")}
