@@ -387,8 +387,9 @@ def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResu
         record = cell.to_dict()
         if outcome.attack_config:
             record["attack_config"] = outcome.attack_config
-        if outcome.samples:  # the report names the classes of the texts it shows
-            record["class_names"] = list(task.class_names)
+        # The report names classes and computes FNR/FPR for the declared positive class.
+        record["class_names"] = list(task.class_names)
+        record["positive_class"] = task.positive_class
         yield CellResult(
             cell.cell_id,
             record,
