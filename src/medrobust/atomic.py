@@ -34,3 +34,8 @@ def write_atomically(dest: Path, writer: Callable[[IO[bytes]], object]) -> None:
 def write_text_atomically(dest: Path, text: str) -> None:
     """Create the UTF-8 text file ``dest`` atomically."""
     write_atomically(dest, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def write_bytes_atomically(dest: Path, data: bytes) -> None:
+    """Create the binary file ``dest`` atomically."""
+    write_atomically(dest, lambda handle: handle.write(data))

@@ -56,9 +56,18 @@ def _constant(values: np.ndarray) -> bool:
     return spread <= 10 * float(np.finfo(np.float64).eps) * abs(mean)
 
 
-def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
+def summarize(
+    values: Sequence[float],
+    confidence: float = 0.95,
+    bounds: tuple[float, float] | None = None,
+) -> Summary:
     """Summary of ``values``, NaNs dropped. With one value, SD and CI are NaN; with values that
-    are equal up to rounding, the SD is 0 and the CI is the mean."""
+    are equal up to rounding, the SD is 0 and the CI is the mean.
+
+    ``bounds`` clips the t interval to the range the quantity can take, e.g. ``(0, 1)`` for an
+    accuracy or an error rate: with few trials near 0 or 1 the symmetric t interval would leave
+    it, and a clinician reading "sensitivity 0.98 [0.95, 1.01]" would rightly distrust the rest.
+    """
     data = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
     n = len(data)
     if n == 0:
@@ -70,6 +79,8 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
     if sd == 0 or _constant(data):
         return Summary(n, mean, 0.0, mean, mean)
     low, high = sps.t.interval(confidence, n - 1, loc=mean, scale=sd / math.sqrt(n))
+    if bounds is not None:
+        low, high = max(float(low), bounds[0]), min(float(high), bounds[1])
     return Summary(n, mean, sd, float(low), float(high))
 
 
@@ -739,3 +750,63 @@ def holm(p_values: Sequence[float], alpha: float = 0.05) -> HolmCorrection:
         tuple(bool(r) for r in reject),
         level,
     )
+
+
+@dataclass(frozen=True)
+class PairedAnalysis:
+    """Everything the report states about one paired comparison over trials.
+
+    Attributes:
+        n: Number of complete pairs.
+        mean_difference: Mean of ``a - b``.
+        comparison: The paired test chosen by the Shapiro-Wilk check (None with fewer than 3
+            pairs, where neither normality nor a rank test can be assessed).
+        effect: Cohen's d_z with its exact CI (None with fewer than 2 pairs).
+        power: Post-hoc power at the observed d_z and ``n`` (None when d_z is undefined).
+        needed: The fewest trials for power 0.8 at the observed d_z (None when d_z is
+            undefined or below ``NEGLIGIBLE_EFFECT`` in size).
+    """
+
+    n: int
+    mean_difference: float
+    comparison: PairedComparison | None
+    effect: EffectSize | None
+    power: PowerAnalysis | None
+    needed: PowerAnalysis | None
+
+    @property
+    def p(self) -> float:
+        """The p-value of the test reported, NaN when none was possible."""
+        return self.comparison.p if self.comparison is not None else math.nan
+
+
+NEGLIGIBLE_EFFECT = 0.01  # |d_z| below which no number of trials for power is reported
+
+
+def analyze_paired(
+    a: Sequence[float], b: Sequence[float], alpha: float = 0.05, power: float = 0.8
+) -> PairedAnalysis:
+    """Paired test (Shapiro-Wilk, then t or Wilcoxon), d_z with CI, post-hoc power and the
+    trials needed for ``power``, for ``a - b`` over trials; pairs with a NaN are dropped.
+
+    Each part is computed where the data allow it and left ``None`` where they do not (too few
+    pairs, all differences equal), so a study with one or two trials still gets its report.
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise InputError(
+            f"analyze_paired needs two 1-D sequences of the same length. Got {x.shape} and "
+            f"{y.shape} instead."
+        )
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = len(x)
+    mean = float((x - y).mean()) if n else math.nan
+    comparison = paired_comparison(x.tolist(), y.tolist()) if n >= 3 else None
+    effect = cohens_dz(x.tolist(), y.tolist()) if n >= 2 else None
+    post_hoc = needed = None
+    if effect is not None and math.isfinite(effect.d):
+        post_hoc = paired_power(effect.d, n, alpha)
+        if abs(effect.d) >= NEGLIGIBLE_EFFECT:  # below it, tens of thousands of trials
+            needed = trials_for_power(effect.d, power, alpha)
+    return PairedAnalysis(n, mean, comparison, effect, post_hoc, needed)

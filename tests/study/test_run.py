@@ -75,15 +75,25 @@ def test_attack_lowers_accuracy_and_report_is_written(data_env: Path, tmp_path: 
             assert cell["metrics"]["adv_accuracy"] < cell["metrics"]["clean_accuracy"]
     paths = write_report(store)
     report = paths[0].read_text()
+    assert paths[0].name == "report.md"
     assert "| wisconsin | mlp | 2 |" in report
-    assert "Paired t-test" in report
-    assert paths[2].read_text().startswith("task,model,attack,norm,eps,targeted,trials,clean_acc")
+    assert "n/a (fewer than 3 trials)" in report  # two trials: no normality check, no test
+    attacks_csv = (tmp_path / "attacks.csv").read_text()
+    assert attacks_csv.startswith("task,model,attack,norm,eps,targeted,trials,clean_acc")
     assert "per-example worst case over attacks" in report
     assert "Gradient-masking flags" in report
+    for section in ("Validation summary", "Clinical error rates", "Statistical tests"):
+        assert f"## {section}" in report
+    figures = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    for kind in ("accuracy_under_attack", "fnr_fpr_shift"):
+        assert f"{kind}_wisconsin.png" in figures and f"{kind}_breastmnist.png" in figures
+        assert f"(figures/{kind}_wisconsin.png)" in report
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(figures)
     for cell in cells:
         if cell["attack"] is None:
             assert {cell["metrics"][f"masking_{k}"] for k in MASKING_CHECKS} <= {0.0, 1.0}
-    with paths[3].open() as f:
+    with (tmp_path / "worst_case.csv").open() as f:
         worst = list(csv.DictReader(f))
     assert {(r["task"], r["norm"]) for r in worst} == {
         (t, n) for t in ("wisconsin", "breastmnist") for n in ("linf", "l2")

@@ -5,20 +5,50 @@ The report only reads the store; it never trains or attacks.
 
 from __future__ import annotations
 
-import csv
 import difflib
-import io
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medrobust.atomic import write_text_atomically
+from medrobust.atomic import write_bytes_atomically, write_text_atomically
 from medrobust.attacks.masking import MASKING_CHECKS
 from medrobust.defenses import DEFENSES
-from medrobust.stats import Summary, one_way_anova, paired_ttest, summarize
+from medrobust.stats import Summary, analyze_paired, one_way_anova, summarize
+from medrobust.study.analysis import (
+    UNDEFENDED,
+    StudyTest,
+    attack_label,
+    attack_name,
+    clinical_runs,
+    evaluation_name,
+    model_name,
+    study_tests,
+    twin_key,
+    undefended_cells,
+    undefended_twins,
+)
+from medrobust.study.figures import (
+    accuracy_under_attack_figures,
+    accuracy_vs_eps_figures,
+    certified_accuracy_figures,
+    clinical_shift_figures,
+    overhead_figures,
+)
+from medrobust.study.page import (
+    FIGURES_FOLDER,
+    AttackedText,
+    Change,
+    Document,
+    Paragraph,
+    Section,
+    render_html,
+    render_markdown,
+)
 from medrobust.study.store import ResultStore
+from medrobust.study.table import Table, summary_fields
+from medrobust.study.validation import validation_summary
 
 CLEAN_METRICS = (
     ("accuracy", "Accuracy"),
@@ -45,15 +75,28 @@ ATTACK_METRICS = (
 MASKING_MARGIN = 0.02
 
 
-def model_name(cell: dict[str, Any]) -> str:
-    """The model's label in the results (its registry name unless the config gave a label)."""
-    return str(cell.get("model_label") or cell["model"])
+def rate_summary(values: list[float]) -> Summary:
+    """Summary of a rate (accuracy, error rate, success rate): its CI kept inside [0, 1]."""
+    return summarize(values, bounds=(0.0, 1.0))
 
 
-def attack_name(cell: dict[str, Any]) -> str:
-    """The attack's name in the results; transfer attacks name their surrogate."""
-    source = cell.get("source")
-    return cell["attack"] if source is None else f"{cell['attack']} from {source['model_label']}"
+def shift_summary(values: list[float]) -> Summary:
+    """Summary of a difference of two rates: its CI kept inside [-1, 1]."""
+    return summarize(values, bounds=(-1.0, 1.0))
+
+
+def paired_test_column(a: list[float], b: list[float]) -> tuple[str, dict[str, Any]]:
+    """The paired test of ``a - b`` over trials as a table cell and its CSV fields: Student's
+    t when Shapiro-Wilk keeps normality, Wilcoxon signed-rank when it rejects it."""
+    comparison = analyze_paired(a, b).comparison
+    if comparison is None:
+        return "n/a (fewer than 3 trials)", {"paired_test": "none", "paired_p": math.nan}
+    return comparison.format(), {
+        "paired_test": comparison.test,
+        "paired_statistic": comparison.statistic,
+        "paired_p": comparison.p,
+        "normality_p": comparison.normality_p,
+    }
 
 
 def _attack_fields(
@@ -67,42 +110,6 @@ def _attack_fields(
         "norm": norm,
         "eps": eps,
         "targeted": targeted,
-    }
-
-
-@dataclass(frozen=True)
-class Table:
-    """A titled table of strings, with the numbers behind it for CSV."""
-
-    title: str
-    header: tuple[str, ...]
-    rows: list[tuple[str, ...]]
-    records: list[dict[str, Any]]
-
-    def markdown(self) -> str:
-        """GitHub-flavoured Markdown."""
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |"]
-        lines.append("|" + "---|" * len(self.header))
-        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
-        return "\n".join(lines) + "\n"
-
-    def csv(self) -> str:
-        """CSV of the underlying numbers (one column per statistic)."""
-        if not self.records:
-            return ""
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.records[0]))
-        writer.writeheader()
-        writer.writerows(self.records)
-        return buffer.getvalue()
-
-
-def _summary_fields(prefix: str, s: Summary) -> dict[str, Any]:
-    return {
-        f"{prefix}_mean": s.mean,
-        f"{prefix}_sd": s.sd,
-        f"{prefix}_ci_low": s.ci_low,
-        f"{prefix}_ci_high": s.ci_high,
     }
 
 
@@ -127,9 +134,9 @@ def clean_table(cells: list[dict[str, Any]]) -> Table:
         row = [task, model, str(len(runs))]
         record: dict[str, Any] = {"task": task, "model": model, "trials": len(runs)}
         for key, _ in CLEAN_METRICS:
-            s = summarize([r[f"clean_{key}"] for r in runs])
+            s = rate_summary([r[f"clean_{key}"] for r in runs])
             row.append(s.format())
-            record.update(_summary_fields(key, s))
+            record.update(summary_fields(key, s))
         label, hits = masking_flags(runs)
         record.update({f"masking_{check}_trials": n for check, n in hits.items()})
         row.append(label)
@@ -196,22 +203,23 @@ def attack_table(cells: list[dict[str, Any]]) -> Table:
     rows, records = [], []
     for key, runs in sorted(groups.items()):
         task, model, attack, norm, eps, targeted = key
-        label = f"{attack} ({norm}{', targeted' if targeted else ''})"
+        label = attack_label(attack, norm, targeted=targeted)
         row = [task, model, label, f"{eps:g}", str(len(runs))]
         record: dict[str, Any] = {
             **_attack_fields(task, model, attack, norm, eps, targeted),
             "trials": len(runs),
         }
         for metric, _ in ATTACK_METRICS:
-            s = summarize([r.get(metric, math.nan) for r in runs])
+            values = [r.get(metric, math.nan) for r in runs]
+            s = summarize(values) if metric == "mean_l0" else rate_summary(values)
             row.append(s.format())
-            record.update(_summary_fields(metric, s))
-        test = paired_ttest([r["clean_accuracy"] for r in runs], [r["adv_accuracy"] for r in runs])
-        row.append(test.format())
-        row.append("; ".join(flags.get(key, [])) or "none")
-        record.update(
-            {"paired_t": test.t, "paired_p": test.p, "masking_flags": "; ".join(flags.get(key, []))}
+            record.update(summary_fields(metric, s))
+        text, test = paired_test_column(
+            [r["adv_accuracy"] for r in runs], [r["clean_accuracy"] for r in runs]
         )
+        row.append(text)
+        row.append("; ".join(flags.get(key, [])) or "none")
+        record.update({**test, "masking_flags": "; ".join(flags.get(key, []))})
         rows.append(tuple(row))
         records.append(record)
     header = (
@@ -221,7 +229,7 @@ def attack_table(cells: list[dict[str, Any]]) -> Table:
         "eps",
         "Trials",
         *(label for _, label in ATTACK_METRICS),
-        "Paired t-test clean vs attacked acc.",
+        "Paired test attacked vs clean acc.",
         "Gradient-masking flags",
     )
     return Table("Accuracy under attack (mean ± SD [95% CI] over trials)", header, rows, records)
@@ -254,7 +262,7 @@ def transfer_matrices(cells: list[dict[str, Any]]) -> list[Table]:
         for origin in models:
             row = [origin]
             for target in models:
-                s = summarize(pairs.get((origin, target), []))
+                s = rate_summary(pairs.get((origin, target), []))
                 row.append(s.format(2) if s.n else "—")
                 if s.n:
                     kind = "white-box" if origin == target else "transfer"
@@ -268,7 +276,7 @@ def transfer_matrices(cells: list[dict[str, Any]]) -> list[Table]:
                             "source": origin,
                             "target": target,
                             "kind": kind,
-                            **_summary_fields("success_rate", s),
+                            **summary_fields("success_rate", s),
                         }
                     )
             rows.append(tuple(row))
@@ -305,7 +313,7 @@ def worst_case_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
                     robust[row.example] = robust.get(row.example, True) and ok
             worst.append(sum(robust.values()) / len(robust))
             best_single.append(min(c["metrics"]["adv_accuracy"] for c in runs))
-        w, b = summarize(worst), summarize(best_single)
+        w, b = rate_summary(worst), rate_summary(best_single)
         rows.append(
             (
                 task,
@@ -326,8 +334,8 @@ def worst_case_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
                 "eps": eps,
                 "attacks": " ".join(attacks),
                 "trials": len(worst),
-                **_summary_fields("strongest_single_attack_accuracy", b),
-                **_summary_fields("worst_case_accuracy", w),
+                **summary_fields("strongest_single_attack_accuracy", b),
+                **summary_fields("worst_case_accuracy", w),
             }
         )
     header = (
@@ -348,39 +356,42 @@ def worst_case_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
     )
 
 
-def _marked_changes(original: str, adversarial: str, context: int = 10) -> str:
-    """The adversarial text with each replaced word shown as ~~old~~ **new**, cut to
-    ``context`` words around the changes."""
+def marked_changes(original: str, adversarial: str, context: int = 10) -> tuple[Change, ...]:
+    """The adversarial text as kept, removed and inserted words, cut to ``context`` words around
+    the changes (elisions are ``gap`` changes)."""
     before, after = original.split(), adversarial.split()
-    words: list[str] = []
+    words: list[Change] = []
     marks: list[int] = []
     matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
     for op, a0, a1, b0, b1 in matcher.get_opcodes():
         if op == "equal":
-            words += after[b0:b1]
+            words += [Change("same", word) for word in after[b0:b1]]
             continue
         marks.append(len(words))
         if a1 > a0:
-            words.append("~~" + " ".join(before[a0:a1]) + "~~")
+            words.append(Change("removed", " ".join(before[a0:a1])))
         if b1 > b0:
-            words.append("**" + " ".join(after[b0:b1]) + "**")
+            words.append(Change("inserted", " ".join(after[b0:b1])))
     keep = sorted(
         {i for m in marks for i in range(max(m - context, 0), min(m + context + 2, len(words)))}
     )
-    pieces, previous = [], -1
+    pieces: list[Change] = []
+    previous = -1
     for i in keep:
         if i != previous + 1:
-            pieces.append("…")
+            pieces.append(Change("gap", "…"))
         pieces.append(words[i])
         previous = i
     if keep and keep[-1] < len(words) - 1:
-        pieces.append("…")
-    return " ".join(pieces)
+        pieces.append(Change("gap", "…"))
+    return tuple(pieces)
 
 
-def text_examples(cells: list[dict[str, Any]], store: ResultStore, limit: int = 3) -> str:
-    """Markdown: attacked texts of the first trial of each token attack, changes marked."""
-    parts = []
+def attacked_texts(
+    cells: list[dict[str, Any]], store: ResultStore, limit: int = 3
+) -> list[AttackedText]:
+    """Attacked texts of the first trial of each token attack, with their changes marked."""
+    texts = []
     attacked = [c for c in cells if c["attack"] is not None and c["trial"] == 0]
     for c in sorted(attacked, key=lambda c: (c["task"], model_name(c), attack_name(c), c["eps"])):
         samples = store.samples(c["cell_id"])[:limit]
@@ -392,48 +403,18 @@ def text_examples(cells: list[dict[str, Any]], store: ResultStore, limit: int = 
         def name(label: int | None, names: list[str] = names) -> str:
             return names[label] if label is not None and 0 <= label < len(names) else str(label)
 
-        parts.append(f"#### {c['task']} / {model_name(c)} / {attack_name(c)} eps={c['eps']:g}\n")
+        where = f"{c['task']} / {model_name(c)} / {attack_name(c)} eps={c['eps']:g}"
         for sample in samples:
             row = rows[sample.example]
-            verdict = (
-                f"{name(row.label)}; read as {name(row.clean_pred)}, "
-                f"after the attack as {name(row.adv_pred)}"
+            texts.append(
+                AttackedText(
+                    f"{where}, test example {sample.example}",
+                    f"{name(row.label)}; read as {name(row.clean_pred)}, after the attack as "
+                    f"{name(row.adv_pred)}",
+                    marked_changes(sample.original, sample.adversarial),
+                )
             )
-            parts.append(
-                f"- test example {sample.example} ({verdict}): "
-                f"{_marked_changes(sample.original, sample.adversarial)}\n"
-            )
-        parts.append("")
-    if not parts:
-        return ""
-    return "### Attacked clinical texts (first trial; ~~removed~~ **inserted**)\n\n" + "\n".join(
-        parts
-    )
-
-
-def undefended_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The cells of undefended models."""
-    return [c for c in cells if c.get("defense") is None]
-
-
-def _attack_key(cell: dict[str, Any]) -> tuple[Any, ...]:
-    """What pairs a defended cell with its undefended twin (same examples and attack seed)."""
-    return (
-        cell["task"],
-        model_name(cell),
-        attack_name(cell),
-        cell["norm"],
-        cell["eps"],
-        cell["targeted"],
-        cell["trial"],
-    )
-
-
-def evaluation_name(cell: dict[str, Any]) -> str:
-    """How a defended cell was attacked: plainly, or by the defense's adaptive attacker."""
-    if not cell.get("adaptive"):
-        return "plain"
-    return f"adaptive ({str(DEFENSES.get(cell['defense']).adaptive_attack).upper()})"
+    return texts
 
 
 def _masking_flags_by_model(cells: list[dict[str, Any]]) -> dict[tuple[str, str, str], str]:
@@ -463,13 +444,13 @@ def defense_table(cells: list[dict[str, Any]]) -> Table:
     examples, attack and seed). A defense that masks gradients has a plain and an adaptive row:
     the gap between them is robustness that is only apparent.
     """
-    twins = {_attack_key(c): c for c in cells if c["attack"] is not None and c["defense"] is None}
+    twins = undefended_twins(cells)
     flags = _masking_flags_by_model(cells)
     groups: dict[tuple[Any, ...], list[dict[str, float]]] = defaultdict(list)
     for c in cells:
         if c["attack"] is None or c.get("defense") is None:
             continue
-        twin = twins.get(_attack_key(c))
+        twin = twins.get(twin_key(c))
         if twin is None:
             continue
         key = (
@@ -495,7 +476,7 @@ def defense_table(cells: list[dict[str, Any]]) -> Table:
     rows, records = [], []
     for key, runs in sorted(groups.items()):
         task, model, defense, attack, norm, eps, targeted, evaluation = key
-        label = f"{attack} ({norm}{', targeted' if targeted else ''})"
+        label = attack_label(attack, norm, targeted=targeted)
         row = [task, model, defense, label, f"{eps:g}", evaluation, str(len(runs))]
         record: dict[str, Any] = {
             "task": task,
@@ -509,13 +490,16 @@ def defense_table(cells: list[dict[str, Any]]) -> Table:
             "trials": len(runs),
         }
         for column, _ in DEFENSE_COLUMNS:
-            summary = summarize([r[column] for r in runs])
+            values = [r[column] for r in runs]
+            summary = shift_summary(values) if column == "improvement" else rate_summary(values)
             row.append(summary.format())
-            record.update(_summary_fields(column, summary))
-        test = paired_ttest([r["post_defense"] for r in runs], [r["post_attack"] for r in runs])
+            record.update(summary_fields(column, summary))
+        text, test = paired_test_column(
+            [r["post_defense"] for r in runs], [r["post_attack"] for r in runs]
+        )
         masking = flags.get((task, model, defense), "not checked")
-        row += [test.format(), masking]
-        record.update({"paired_t": test.t, "paired_p": test.p, "masking_flags": masking})
+        row += [text, masking]
+        record.update({**test, "masking_flags": masking})
         rows.append(tuple(row))
         records.append(record)
     header = (
@@ -527,7 +511,7 @@ def defense_table(cells: list[dict[str, Any]]) -> Table:
         "Evaluation",
         "Trials",
         *(label for _, label in DEFENSE_COLUMNS),
-        "Paired t-test post-defense vs post-attack",
+        "Paired test post-defense vs post-attack",
         "Gradient-masking flags (defended model)",
     )
     return Table(
@@ -537,9 +521,6 @@ def defense_table(cells: list[dict[str, Any]]) -> Table:
         rows,
         records,
     )
-
-
-UNDEFENDED = "undefended"
 
 
 def defense_anova_table(cells: list[dict[str, Any]]) -> Table:
@@ -572,7 +553,7 @@ def defense_anova_table(cells: list[dict[str, Any]]) -> Table:
         ordered = {UNDEFENDED: usable.pop(UNDEFENDED), **dict(sorted(usable.items()))}
         anova = one_way_anova(ordered)
         versus = [pair for pair in anova.pairs if pair.group1 == UNDEFENDED]
-        label = f"{attack} ({norm}{', targeted' if targeted else ''})"
+        label = attack_label(attack, norm, targeted=targeted)
         rows.append(
             (
                 str(task),
@@ -622,6 +603,16 @@ def defense_anova_table(cells: list[dict[str, Any]]) -> Table:
     )
 
 
+# Absolute times in the overhead records: training wall time (s) and inference time of one
+# batched forward pass per 1000 test examples (ms), for the defended and the undefended model.
+ABSOLUTE_TIMES = (
+    "train_seconds",
+    "inference_ms",
+    "undefended_train_seconds",
+    "undefended_inference_ms",
+)
+
+
 def overhead_table(cells: list[dict[str, Any]]) -> Table:
     """Training and inference time of each defended model relative to the undefended model of
     the same task, model and trial, measured in the same run (mean ± SD over trials).
@@ -648,6 +639,10 @@ def overhead_table(cells: list[dict[str, Any]]) -> Table:
                 "inference_ratio": c["timings"].get("inference_ms", math.nan)
                 / max(base["timings"].get("inference_ms", math.nan), 1e-12),
                 "certify_seconds": c["timings"].get("certify_seconds", math.nan),
+                "train_seconds": c["train_seconds"],
+                "inference_ms": 1000.0 * c["timings"].get("inference_ms", math.nan),
+                "undefended_train_seconds": base["train_seconds"],
+                "undefended_inference_ms": 1000.0 * base["timings"].get("inference_ms", math.nan),
             }
         )
     rows, records = [], []
@@ -659,9 +654,11 @@ def overhead_table(cells: list[dict[str, Any]]) -> Table:
             "trials": len(runs),
         }
         row = [task, model, defense, str(len(runs))]
+        for column in ABSOLUTE_TIMES:  # CSV only: the figure stacks them
+            record.update(summary_fields(column, summarize([r[column] for r in runs])))
         for column in ("training_ratio", "inference_ratio", "certify_seconds"):
             summary = summarize([r[column] for r in runs])
-            record.update(_summary_fields(column, summary))
+            record.update(summary_fields(column, summary))
             row.append(f"{summary.mean:.2f} ± {summary.sd:.2f}" if summary.n else "—")
         rows.append(tuple(row))
         records.append(record)
@@ -717,8 +714,10 @@ def certification_table(cells: list[dict[str, Any]]) -> Table:
         }
         row = [task, model, defense, f"{radius:g}", str(len(runs))]
         for column in ("certified_accuracy", "mean_radius", "abstain_rate", "lipschitz_bound"):
-            summary = summarize([r[column] for r in runs])
-            record.update(_summary_fields(column, summary))
+            values = [r[column] for r in runs]
+            rate = column in ("certified_accuracy", "abstain_rate")
+            summary = rate_summary(values) if rate else summarize(values)
+            record.update(summary_fields(column, summary))
             row.append(summary.format() if summary.n else "—")
         rows.append(tuple(row))
         records.append(record)
@@ -738,39 +737,277 @@ def certification_table(cells: list[dict[str, Any]]) -> Table:
     )
 
 
-def _tables(cells: list[dict[str, Any]], store: ResultStore) -> list[Table]:
+MASKED = "†"  # marks a number of a model with gradient-masking flags
+
+
+def success_rate_tables(cells: list[dict[str, Any]]) -> list[Table]:
+    """The field's attack table: per task, success rate of each attack configuration (columns)
+    against each undefended model (rows), mean ± SD [95% CI] over trials.
+
+    A number is marked † where the model's clean cells or the comparison of attacks flagged
+    gradient masking: its success rate may understate the threat.
+    """
+    clean_flags: dict[tuple[str, str], bool] = {}
+    per_model: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
+    for c in cells:
+        if c["attack"] is None:
+            per_model[(c["task"], model_name(c))].append(c["metrics"])
+    for key, runs in per_model.items():
+        clean_flags[key] = any(masking_flags(runs)[1].values())
+    attack_flags = study_masking_flags(cells)
+    by_task: dict[str, dict[tuple[str, str], dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    configs: dict[str, dict[str, tuple[str, str, float, bool]]] = defaultdict(dict)
+    for c in cells:
+        if c["attack"] is None:
+            continue
+        column = attack_label(attack_name(c), c["norm"], c["eps"], c["targeted"])
+        configs[c["task"]][column] = (attack_name(c), c["norm"], c["eps"], c["targeted"])
+        by_task[c["task"]][(model_name(c), column)]["success_rate"].append(
+            c["metrics"]["success_rate"]
+        )
+    tables = []
+    for task in sorted(by_task):
+        columns = sorted(configs[task], key=lambda k: (configs[task][k], k))
+        models = sorted({model for model, _ in by_task[task]})
+        rows, records = [], []
+        for model in models:
+            row = [model]
+            for column in columns:
+                values = by_task[task].get((model, column), {}).get("success_rate", [])
+                if not values:
+                    row.append("—")
+                    continue
+                summary = rate_summary(values)
+                attack, norm, eps, targeted = configs[task][column]
+                flagged = clean_flags.get((task, model), False) or bool(
+                    attack_flags.get((task, model, attack, norm, eps, targeted))
+                )
+                row.append(summary.format() + (f" {MASKED}" if flagged else ""))
+                records.append(
+                    {
+                        **_attack_fields(task, model, attack, norm, eps, targeted),
+                        "trials": summary.n,
+                        **summary_fields("success_rate", summary),
+                        "masking_flagged": flagged,
+                    }
+                )
+            rows.append(tuple(row))
+        tables.append(
+            Table(
+                f"Attack success rate, {task} (mean ± SD [95% CI] over trials; "
+                f"{MASKED} gradient masking flagged)",
+                ("Model", *columns),
+                rows,
+                records,
+            )
+        )
+    return tables
+
+
+def significance_table(tests: dict[tuple[Any, ...], StudyTest]) -> Table:
+    """Every paired comparison of the study with its assumptions, effect size, power and
+    McNemar's per-example test, and the p-value after Holm's correction over all of them.
+
+    Post-hoc power at the observed effect says nothing beyond the p-value; it is shown beside
+    the number of trials a follow-up study needs for power 0.8 at that effect, which is what a
+    reviewer plans with.
+    """
+    rows: list[tuple[str, ...]] = []
+    records: list[dict[str, Any]] = []
+    for key in sorted(tests, key=lambda k: tuple(str(part) for part in k)):
+        test = tests[key]
+        f, a = test.fields, test.analysis
+        defense = f.get("defense", UNDEFENDED)
+        evaluation = f.get("evaluation", "plain")
+        label = attack_label(f["attack"], f["norm"], f["eps"], f["targeted"])
+        comparison = a.comparison
+        rows.append(
+            (
+                test.family,
+                f["task"],
+                f["model"],
+                defense if evaluation == "plain" else f"{defense}, {evaluation}",
+                label,
+                str(a.n),
+                f"{a.mean_difference:+.3f}" if a.n else "n/a",
+                comparison.format() if comparison is not None else "n/a (fewer than 3 trials)",
+                "n/a"
+                if math.isnan(test.p_holm)
+                else f"{test.p_holm:.2g}{' *' if test.reject else ''}",
+                a.effect.format() if a.effect is not None else "n/a",
+                f"{a.power.power:.2f}" if a.power is not None else "n/a",
+                str(a.needed.n) if a.needed is not None else "n/a",
+                test.mcnemar_summary(),
+            )
+        )
+        records.append(
+            {
+                "family": test.family,
+                **{k: v for k, v in f.items() if k not in ("defense", "evaluation")},
+                "defense": defense,
+                "evaluation": evaluation,
+                "compared": test.compared,
+                "trials": a.n,
+                "mean_difference": a.mean_difference,
+                "test": comparison.test if comparison is not None else "none",
+                "statistic": comparison.statistic if comparison is not None else math.nan,
+                "df": comparison.df if comparison is not None else math.nan,
+                "p": a.p,
+                "normality_p": comparison.normality_p if comparison is not None else math.nan,
+                "normality_held": comparison.normality_held if comparison is not None else False,
+                "p_holm": test.p_holm,
+                "reject_holm": test.reject,
+                "dz": a.effect.d if a.effect is not None else math.nan,
+                "dz_ci_low": a.effect.ci_low if a.effect is not None else math.nan,
+                "dz_ci_high": a.effect.ci_high if a.effect is not None else math.nan,
+                "post_hoc_power": a.power.power if a.power is not None else math.nan,
+                "trials_for_power_0.8": a.needed.n if a.needed is not None else math.nan,
+                "mcnemar_significant_trials": sum(m.p < 0.05 for m in test.mcnemar),
+                "mcnemar_max_p": max((m.p for m in test.mcnemar), default=math.nan),
+            }
+        )
+    header = (
+        "Family",
+        "Task",
+        "Model",
+        "Defense",
+        "Attack",
+        "Trials",
+        "Mean difference",
+        "Paired test (Shapiro-Wilk decides t or Wilcoxon)",
+        "Holm-adjusted p",
+        "Cohen's d_z [95% CI]",
+        "Post-hoc power",
+        "Trials for power 0.8",
+        "McNemar per trial (same examples)",
+    )
+    return Table(
+        "Statistical tests: attack family = attacked - clean accuracy; defense family = accuracy "
+        "under attack with - without the defense; Holm over all tests of the study (* rejects at "
+        "0.05)",
+        header,
+        rows,
+        records,
+    )
+
+
+CLINICAL_RATES = ("fnr_before", "fnr_after", "fnr_shift", "fpr_before", "fpr_after", "fpr_shift")
+
+
+def clinical_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
+    """False-negative and false-positive rates before and after each attack, for the undefended
+    model and each defense, with the shift (after - before, paired per trial), mean ± SD [95%
+    CI] over trials: for the task's declared positive class, and for each class one-vs-rest on
+    multi-class tasks. A missed disease (FNR up) and a false alarm (FPR up) cost differently; a
+    reader weighs them here rather than in the accuracy."""
+    runs = clinical_runs(cells, store)
+    rows, records = [], []
+    for key, values in sorted(runs.items(), key=lambda kv: tuple(str(p) for p in kv[0])):
+        task, model, defense, attack, norm, eps, targeted, evaluation, name = key
+        record: dict[str, Any] = {
+            **_attack_fields(task, model, attack, norm, eps, targeted),
+            "defense": defense,
+            "evaluation": evaluation,
+            "class_name": name,
+            "trials": len(values),
+        }
+        row = [
+            task,
+            model,
+            defense if evaluation == "plain" else f"{defense}, {evaluation}",
+            attack_label(attack, norm, eps, targeted),
+            name,
+            str(len(values)),
+        ]
+        for column in CLINICAL_RATES:
+            column_values = [v[column] for v in values]
+            shift = column.endswith("_shift")
+            summary = shift_summary(column_values) if shift else rate_summary(column_values)
+            record.update(summary_fields(column, summary))
+            row.append(summary.format())
+        rows.append(tuple(row))
+        records.append(record)
+    header = (
+        "Task",
+        "Model",
+        "Defense",
+        "Attack",
+        "Positive class",
+        "Trials",
+        "FNR before",
+        "FNR after",
+        "FNR shift",
+        "FPR before",
+        "FPR after",
+        "FPR shift",
+    )
+    return Table(
+        "Clinical error rates before and after attack (and after defense), one-vs-rest per "
+        "positive class (mean ± SD [95% CI] over trials)",
+        header,
+        rows,
+        records,
+    )
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """Everything the report shows, computed once from the store."""
+
+    study: dict[str, Any]
+    runs: list[dict[str, Any]]
+    cells: list[dict[str, Any]]
+    tables: dict[str, Table]
+    success_rates: list[Table]
+    transfer: list[Table]
+    tests: dict[tuple[Any, ...], StudyTest]
+    texts: list[AttackedText]
+
+    def all_tables(self) -> list[Table]:
+        """Every table, in report order."""
+        return [*self.success_rates, *self.tables.values(), *self.transfer]
+
+
+def analyse(store: ResultStore) -> StudyReport:
+    """Compute every table and test of the report from an open store."""
+    cells = store.cells()
     plain = undefended_cells(cells)
-    return [
-        clean_table(plain),
-        attack_table(plain),
-        worst_case_table(plain, store),
-        defense_table(cells),
-        defense_anova_table(cells),
-        overhead_table(cells),
-        certification_table(cells),
-    ]
+    tests = study_tests(cells, store)
+    tables = {
+        "clean": clean_table(plain),
+        "attacks": attack_table(plain),
+        "worst_case": worst_case_table(plain, store),
+        "clinical": clinical_table(cells, store),
+        "defenses": defense_table(cells),
+        "defense_anova": defense_anova_table(cells),
+        "overhead": overhead_table(cells),
+        "certified": certification_table(cells),
+        "significance": significance_table(tests),
+    }
+    return StudyReport(
+        store.study() or {},
+        store.runs(),
+        cells,
+        tables,
+        success_rate_tables(plain),
+        transfer_matrices(plain),
+        tests,
+        attacked_texts(plain, store),
+    )
 
 
 def build_tables(store_path: str | Path) -> list[Table]:
-    """The study's tables from a results store: clean, per attack, worst case over attacks,
-    defense effectiveness, defense overhead, certified accuracy, and the transfer matrices."""
+    """The study's tables from a results store: success rates per task, clean, per attack,
+    worst case over attacks, clinical error rates, defense effectiveness with ANOVA, overhead,
+    certified accuracy, the statistical tests, and the transfer matrices."""
     with ResultStore(store_path) as store:
-        cells = store.cells()
-        return _tables(cells, store) + transfer_matrices(undefended_cells(cells))
+        return analyse(store).all_tables()
 
 
-def write_report(store_path: str | Path, output: str | Path | None = None) -> list[Path]:
-    """Write ``report.md``, ``clean.csv``, ``attacks.csv``, ``worst_case.csv``,
-    ``defenses.csv``, ``defense_anova.csv``, ``overhead.csv``, ``certified.csv`` and
-    ``transfer.csv`` beside the store or in ``output``."""
-    out = Path(output) if output is not None else Path(store_path).parent
-    out.mkdir(parents=True, exist_ok=True)
-    with ResultStore(store_path) as store:
-        cells, study = store.cells(), store.study() or {}
-        tables = _tables(cells, store)
-        texts_md = text_examples(undefended_cells(cells), store)
-    matrices = transfer_matrices(undefended_cells(cells))
-    transfer = Table("", (), [], [r for m in matrices for r in m.records])
+def _overview(report: StudyReport) -> Paragraph:
+    cells, study = report.cells, report.study
     trained = [  # one clean cell per trained model: wrapping defenses share the undefended one
         c
         for c in cells
@@ -779,31 +1016,112 @@ def write_report(store_path: str | Path, output: str | Path | None = None) -> li
     train_s = sum(c["train_seconds"] for c in trained)
     attacked = [c for c in cells if c["attack"] is not None]
     early = sum(bool(c.get("attack_config", {}).get("stop_when_adversarial")) for c in attacked)
-    lines = [
-        f"# medrobust study report: {study.get('name', 'study')}",
-        "",
+    return Paragraph(
         f"{len(cells)} cells, {study.get('trials', '?')} trials per configuration, seed "
-        f"{study.get('seed', '?')}. Training time over all models: {train_s:.0f} s.",
-        "Success rate = fraction of originally correct test examples that the attack made wrong.",
-        "Sensitivity, specificity, FNR and FPR are for each task's declared positive class.",
-        f"Early stop (an example stops being perturbed once misclassified, which saves compute "
-        f"and changes no outcome): on in {early} of {len(attacked)} attack cells.",
-        "",
+        f"{study.get('seed', '?')}. Training time over all models: {train_s:.0f} s. "
+        "Success rate = fraction of originally correct test examples that the attack made "
+        "wrong. Sensitivity, specificity, FNR and FPR are for each task's declared positive "
+        "class. Early stop (an example stops being perturbed once misclassified, which saves "
+        f"compute and changes no outcome): on in {early} of {len(attacked)} attack cells."
+    )
+
+
+def document(report: StudyReport) -> Document:
+    """The report as sections of text, tables and figures."""
+    t = report.tables
+    records = {kind: t[kind].records for kind in ("attacks", "defenses", "overhead", "certified")}
+    clinical = t["clinical"].records
+    sections = [
+        validation_summary(report.study, report.runs, report.cells, t, report.tests),
+        Section("Clean performance", [t["clean"]]),
+        Section(
+            "Attacks",
+            [
+                *report.success_rates,
+                *accuracy_under_attack_figures(records["attacks"]),
+                t["attacks"],
+                *accuracy_vs_eps_figures(records["attacks"], records["defenses"]),
+                t["worst_case"],
+                *report.transfer,
+            ],
+        ),
+        Section("Clinical error rates", [*clinical_shift_figures(clinical), t["clinical"]]),
+        Section(
+            "Defenses",
+            [
+                t["defenses"],
+                t["defense_anova"],
+                t["overhead"],
+                *overhead_figures(records["overhead"]),
+                t["certified"],
+                *certified_accuracy_figures(records["certified"]),
+            ]
+            if t["defenses"].rows or t["overhead"].rows
+            else [],
+        ),
+        Section("Statistical tests", [t["significance"]]),
+        Section(
+            "Attacked clinical texts (first trial)",
+            [
+                Paragraph("Removed words are struck through; inserted words are marked."),
+                *report.texts,
+            ]
+            if report.texts
+            else [],
+        ),
     ]
-    markdown = "\n".join(lines) + "\n".join(t.markdown() + "\n" for t in tables + matrices)
-    markdown += texts_md
-    paths = [
-        out / "report.md",
-        out / "clean.csv",
-        out / "attacks.csv",
-        out / "worst_case.csv",
-        out / "defenses.csv",
-        out / "defense_anova.csv",
-        out / "overhead.csv",
-        out / "certified.csv",
-        out / "transfer.csv",
-    ]
-    texts = [markdown, *(table.csv() for table in [*tables, transfer])]
-    for path, text in zip(paths, texts, strict=True):
-        write_text_atomically(path, text)
-    return paths
+    title = f"medrobust study report: {report.study.get('name', 'study')}"
+    return Document(title, [_overview(report)], sections)
+
+
+CSV_FILES = {
+    "clean": "clean.csv",
+    "attacks": "attacks.csv",
+    "worst_case": "worst_case.csv",
+    "clinical": "clinical.csv",
+    "defenses": "defenses.csv",
+    "defense_anova": "defense_anova.csv",
+    "overhead": "overhead.csv",
+    "certified": "certified.csv",
+    "significance": "tests.csv",
+}
+
+
+def write_report(store_path: str | Path, output: str | Path | None = None) -> list[Path]:
+    """Write the report of a results store beside it or in ``output``.
+
+    Files: ``report.md`` (Markdown, figures linked from ``figures/``), ``report.html`` (one
+    self-contained page), ``figures/*.png``, and the numbers behind each table as CSV:
+    ``success_rates.csv``, ``clean.csv``, ``attacks.csv``, ``worst_case.csv``,
+    ``clinical.csv``, ``defenses.csv``, ``defense_anova.csv``, ``overhead.csv``,
+    ``certified.csv``, ``tests.csv`` and ``transfer.csv``. Each file is written atomically.
+
+    Returns:
+        The paths written, ``report.md`` first.
+    """
+    out = Path(output) if output is not None else Path(store_path).parent
+    out.mkdir(parents=True, exist_ok=True)
+    with ResultStore(store_path) as store:
+        report = analyse(store)
+    doc = document(report)
+    files: dict[Path, str | bytes] = {
+        out / "report.md": render_markdown(doc),
+        out / "report.html": render_html(doc),
+    }
+    for figure in doc.figures():
+        files[out / FIGURES_FOLDER / f"{figure.name}.png"] = figure.png
+    merged = {
+        "success_rates": [r for table in report.success_rates for r in table.records],
+        "transfer": [r for table in report.transfer for r in table.records],
+    }
+    files[out / "success_rates.csv"] = Table("", (), [], merged["success_rates"]).csv()
+    for kind, name in CSV_FILES.items():
+        files[out / name] = report.tables[kind].csv()
+    files[out / "transfer.csv"] = Table("", (), [], merged["transfer"]).csv()
+    for path, content in files.items():
+        if isinstance(content, bytes):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomically(path, content)
+        else:
+            write_text_atomically(path, content)
+    return list(files)

@@ -1,0 +1,162 @@
+"""The report as a document: sections of paragraphs, lists, tables and figures, rendered as
+Markdown (figures as PNG files beside it) and as one self-contained HTML page (figures embedded,
+no script, no network), through a Jinja2 template that escapes every string.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import jinja2
+
+from medrobust.study.figures import FigureImage
+from medrobust.study.table import Table
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A paragraph of plain text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Heading:
+    """A sub-heading within a section."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Preformatted:
+    """Text shown as is, in a monospaced block (a configuration, a log)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Bullets:
+    """A list of plain-text items."""
+
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Change:
+    """A stretch of an attacked text: kept, removed, inserted or elided (``…``)."""
+
+    kind: str  # "same", "removed", "inserted" or "gap"
+    text: str
+
+
+@dataclass(frozen=True)
+class AttackedText:
+    """One attacked clinical text with its verdict and its marked changes."""
+
+    heading: str
+    verdict: str
+    changes: tuple[Change, ...]
+
+
+Block = Paragraph | Heading | Preformatted | Bullets | Table | FigureImage | AttackedText
+
+
+@dataclass(frozen=True)
+class Section:
+    """A titled section of the report."""
+
+    title: str
+    blocks: Sequence[Block] = field(default_factory=tuple)
+
+    @property
+    def anchor(self) -> str:
+        """An id for links within the page."""
+        return re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class Document:
+    """The whole report."""
+
+    title: str
+    preamble: Sequence[Block]
+    sections: Sequence[Section]
+
+    def figures(self) -> list[FigureImage]:
+        """Every figure, in document order."""
+        return [
+            block
+            for section in self.sections
+            for block in section.blocks
+            if isinstance(block, FigureImage)
+        ]
+
+
+FIGURES_FOLDER = "figures"
+
+
+def _markdown_change(change: Change) -> str:
+    if change.kind == "removed":
+        return f"~~{change.text}~~"
+    if change.kind == "inserted":
+        return f"**{change.text}**"
+    return change.text
+
+
+def _markdown_block(block: Block) -> str:
+    if isinstance(block, Paragraph):
+        return block.text + "\n"
+    if isinstance(block, Heading):
+        return f"### {block.text}\n"
+    if isinstance(block, Preformatted):
+        return f"```\n{block.text}\n```\n"
+    if isinstance(block, Bullets):
+        return "\n".join(f"- {item}" for item in block.items) + "\n"
+    if isinstance(block, Table):
+        return block.markdown()
+    if isinstance(block, FigureImage):
+        return (
+            f"![{block.title}]({FIGURES_FOLDER}/{block.name}.png)\n\n"
+            f"*{block.title}.* {block.caption}\n"
+        )
+    words = " ".join(_markdown_change(change) for change in block.changes)
+    return f"- {block.heading} ({block.verdict}): {words}\n"
+
+
+def render_markdown(document: Document) -> str:
+    """GitHub-flavoured Markdown; figures link to ``figures/<name>.png``."""
+    parts = [f"# {document.title}\n", *(_markdown_block(b) for b in document.preamble)]
+    for section in document.sections:
+        if section.blocks:
+            parts.append(f"## {section.title}\n")
+            parts += [_markdown_block(block) for block in section.blocks]
+    return "\n".join(parts)
+
+
+def _environment() -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("medrobust.study", "templates"),
+        autoescape=True,  # every string from a config, a dataset or a model is escaped
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.globals["kind"] = _kind
+    environment.filters["data_uri"] = _data_uri
+    return environment
+
+
+def _kind(block: Block) -> str:
+    return type(block).__name__
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def render_html(document: Document) -> str:
+    """One self-contained HTML page: styles inline, figures as data URIs, no script."""
+    return _environment().get_template("report.html.j2").render(document=document)
