@@ -8,11 +8,16 @@ The public API, in the order of a study::
     medrobust.fit(model, inputs.x["train"], inputs.y["train"], inputs.x["val"], inputs.y["val"])
     attack = medrobust.PGD(norm="linf", eps=4 / 255, domain=task.domain)
     x_adv = attack(model, inputs.x["test"], inputs.y["test"])
+
+Or audit a model of your own, with a study's store and report::
+
+    store = medrobust.audit("mypkg.nets:make_cnn", checkpoint="cnn.pt", task="breastmnist")
 """
 
 from __future__ import annotations
 
 from medrobust.attacks import ATTACKS, FGSM, PGD, Attack
+from medrobust.auditing import audit
 from medrobust.data import TASKS, Split, Task, load_task
 from medrobust.defenses import DEFENSES, Defense
 from medrobust.errors import (
@@ -67,6 +72,7 @@ __all__ = [
     "ThreatModel",
     "UnknownNameError",
     "__version__",
+    "audit",
     "build_model",
     "clinical_metrics",
     "fit",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -88,6 +89,192 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _value(text: str) -> Any:
+    """A command-line parameter value: JSON (numbers, true/false, lists), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _named(text: str, what: str) -> dict[str, Any]:
+    """``NAME[:key=value,...]`` -> ``{"name": NAME, "params": {key: value}}``."""
+    name, _, rest = text.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(
+                f"{what} parameters must be key=value, e.g. 'pgd:steps=20'. Got {item!r}."
+            )
+        params[key.strip()] = _value(value.strip())
+    return {"name": name.strip(), "params": params} if params else {"name": name.strip()}
+
+
+class _AttackAction(argparse.Action):
+    """``--attack NAME[:key=value,...]`` starts a new attack entry."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        entries = list(getattr(namespace, self.dest) or [])
+        entries.append(_named(str(values), "Attack"))
+        setattr(namespace, self.dest, entries)
+
+
+class _AttackOption(argparse.Action):
+    """``--eps``/``--norm``: set on the attack given last (or on every attack when before any)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        entries = getattr(namespace, "attacks", None)
+        key = self.dest
+        if entries:
+            entries[-1][key] = values
+        else:
+            setattr(namespace, f"default_{key}", values)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from medrobust.auditing import audit
+    from medrobust.study import CellResult, write_report
+
+    attacks = args.attacks
+    if attacks is not None:
+        for entry in attacks:
+            if "eps" not in entry and args.default_eps is not None:
+                entry["eps"] = args.default_eps
+            if "norm" not in entry and args.default_norm is not None:
+                entry["norm"] = args.default_norm
+    elif args.default_eps is not None or args.default_norm is not None:
+        print("error: --eps and --norm follow the --attack they set", file=sys.stderr)
+        return 2
+    model, checkpoint = args.model, args.checkpoint
+    if args.arch is not None:
+        if checkpoint is not None:
+            print(
+                "error: with --arch, --model is the checkpoint; drop --checkpoint", file=sys.stderr
+            )
+            return 2
+        model, checkpoint = args.arch, args.model
+    data_options = {
+        "modality": args.modality,
+        "classes": args.classes,
+        "positive": args.positive,
+        "domain": args.domain,
+        "label": args.label_column,
+        "split": args.split_column,
+    }
+    data_options = {k: v for k, v in data_options.items() if v is not None}
+    training = {"epochs": args.epochs} if args.epochs is not None else None
+    if args.lr is not None:
+        training = {**(training or {}), "lr": args.lr}
+    output = Path(args.output)
+    bars: list[tqdm[Any]] = []
+
+    def progress(result: CellResult, done: int, total: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc="cells", unit="cell", disable=args.quiet))
+        bars[0].n = done
+        bars[0].refresh()
+
+    try:
+        store = audit(
+            model,
+            task=args.task,
+            data=args.data,
+            data_options=data_options or None,
+            checkpoint=checkpoint,
+            model_params=_named(f"model:{args.param}", "Model").get("params")
+            if args.param
+            else None,
+            label=args.label,
+            train=args.train,
+            training=training,
+            attacks=attacks,
+            defenses=args.defenses or (),
+            trials=args.trials,
+            seed=args.seed,
+            max_attack_examples=args.max_attack_examples,
+            device=args.device,
+            output=output,
+            report=False,
+            on_cell=progress,
+        )
+    finally:
+        for bar in bars:
+            bar.close()
+    paths = write_report(store)
+    print(paths[0].read_text(encoding="utf-8"))
+    print("Wrote " + ", ".join(str(p) for p in [store, *paths]))
+    return 0
+
+
+def _add_audit_parser(sub: Any) -> None:
+    audit = sub.add_parser(
+        "audit",
+        help="evaluate your own model on a task or data file under attacks and defenses",
+        description=(
+            "Audit a trained model: --model package.module:factory or path/to/file.py:factory "
+            "(a callable returning an nn.Module) with --checkpoint STATE_DICT.pt, or a "
+            "registered architecture with --arch NAME --model STATE_DICT.pt; on --task NAME or "
+            "--data FILE.npz|.csv. Writes the store and report of a study."
+        ),
+    )
+    audit.add_argument("--model", required=True, help="module:factory, file.py:factory, or .pt")
+    audit.add_argument("--checkpoint", help="state dict of the model (torch.save(state_dict))")
+    audit.add_argument("--arch", help="registered architecture whose state dict is --model")
+    audit.add_argument(
+        "--param",
+        help="factory keyword arguments, key=value[,key=value] (values as JSON)",
+    )
+    audit.add_argument("--label", help="the model's name in the report")
+    audit.add_argument("--train", action="store_true", help="train the model instead")
+    where = audit.add_mutually_exclusive_group(required=True)
+    where.add_argument("--task", help="task name (medrobust tasks lists them)")
+    where.add_argument("--data", help="your data: .npz (x_train, y_train, x_test, y_test) or .csv")
+    audit.add_argument("--modality", choices=["image", "ecg", "tabular"], help="of --data")
+    audit.add_argument("--classes", help="class names of --data, comma-separated")
+    audit.add_argument("--positive", help="the disease class of --data (label or class name)")
+    audit.add_argument("--domain", help="valid input range of --data, 'low,high'")
+    audit.add_argument("--label-column", help="label column of a CSV (default: label)")
+    audit.add_argument("--split-column", help="train/val/test column of a CSV (default: split)")
+    audit.add_argument(
+        "--attack",
+        dest="attacks",
+        action=_AttackAction,
+        metavar="NAME[:k=v,...]",
+        help="an attack (repeat for more); default FGSM and PGD",
+    )
+    audit.add_argument(
+        "--eps",
+        dest="eps",
+        action=_AttackOption,
+        type=float,
+        nargs="+",
+        help="budgets of the --attack before it (default: the modality's)",
+    )
+    audit.add_argument(
+        "--norm", dest="norm", action=_AttackOption, help="norm of the --attack before it"
+    )
+    audit.add_argument(
+        "--defense",
+        dest="defenses",
+        action="append",
+        type=lambda text: _named(text, "Defense"),
+        metavar="NAME[:k=v,...]",
+        help="a defense (repeat for more)",
+    )
+    audit.add_argument("--epochs", type=int, help="epochs of training or defense fine-tuning")
+    audit.add_argument("--lr", type=float, help="learning rate of training or fine-tuning")
+    audit.add_argument("--trials", type=int, default=3, help="independent trials (default 3)")
+    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--max-attack-examples", type=int, default=500)
+    audit.add_argument("--device", default="cpu")
+    audit.add_argument("--output", default="medrobust-audit", help="output folder")
+    audit.add_argument("--quiet", action="store_true", help="no progress bar")
+    audit.set_defaults(func=_cmd_audit, default_eps=None, default_norm=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``medrobust`` command."""
     parser = argparse.ArgumentParser(
@@ -116,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("store", help="path to results.sqlite")
     report.add_argument("--output", help="folder for the report files (default: beside the store)")
     report.set_defaults(func=_cmd_report)
+
+    _add_audit_parser(sub)
     return parser
 
 

@@ -6,7 +6,9 @@ Registered tasks: ``breastmnist``, ``pneumoniamnist``, ``mitbih``, ``ecg5000``,
 - ``medmnist:<subset>`` loads ``medmnist/<subset>.npz``, any 2D MedMNIST subset and size variant
   (``medmnist:pathmnist_64`` loads ``medmnist/pathmnist_64.npz``);
 - ``ucr:<Name>`` loads a UCR/UEA dataset from ``<name lower>/<Name>_TRAIN.<fmt>`` (and
-  ``_TEST``); use the archive's spelling, e.g. ``ucr:ECG200``.
+  ``_TEST``); use the archive's spelling, e.g. ``ucr:ECG200``;
+- ``file:<path>.npz`` or ``file:<path>.csv`` (with options such as ``?classes=a,b&positive=1``)
+  loads a user's own data file (:mod:`medrobust.data.userfile`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from medrobust.data.tabular import wisconsin_spec
 from medrobust.data.task import Task, TaskSpec
 from medrobust.data.text import abstracts_spec
 from medrobust.data.ucr import ucr_spec
+from medrobust.data.userfile import file_task_spec, is_file_task
 from medrobust.errors import UnknownNameError
 from medrobust.registry import Registry
 
@@ -45,7 +48,7 @@ HARMFUL_TARGETS: dict[str, dict[int, int]] = {
     "ecg5000_anomaly": {1: 0},  # abnormal -> normal: a missed detection
     "wisconsin": {0: 1},  # malignant -> benign
 }
-GENERIC_PREFIXES = ("medmnist:", "ucr:")
+GENERIC_PREFIXES = ("medmnist:", "ucr:", "file:")
 
 for _spec in (
     medmnist_spec(
@@ -79,14 +82,19 @@ def task_names() -> list[str]:
 
 
 def get_task_spec(name: str) -> TaskSpec:
-    """The TaskSpec called ``name``: a registered task or a generic ``medmnist:``/``ucr:`` name.
+    """The TaskSpec called ``name``: a registered task or a generic ``medmnist:``/``ucr:``/
+    ``file:`` name.
 
     Raises:
         UnknownNameError: the name is neither registered nor a valid generic name; the message
             suggests close matches.
         ParameterError: a MedMNIST subset that cannot be a task (multi-label, 3D).
+        ConfigError, CorruptDataError: a ``file:`` name that is malformed or names a missing or
+            unreadable file.
     """
     text = str(name).strip()
+    if is_file_task(text):
+        return file_task_spec(text)
     prefix, sep, rest = text.partition(":")
     if sep and prefix.lower() == "medmnist":
         stem = rest.strip().lower()
@@ -113,7 +121,7 @@ def get_task_spec(name: str) -> TaskSpec:
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise UnknownNameError(
         f"Unknown task {name!r}.{hint} Known: {', '.join(known)}; or a generic name "
-        "'medmnist:<subset>' or 'ucr:<Name>'."
+        "'medmnist:<subset>', 'ucr:<Name>' or 'file:<path>.npz|.csv'."
     )
 
 

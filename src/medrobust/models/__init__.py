@@ -2,6 +2,8 @@
 
 Every registered model states the modalities and task kinds it serves. ``prepare_inputs`` turns a
 task's arrays into the tensors its model eats (text: a tokenizer trained on the training split).
+Beside the registry, :func:`get_model_spec` resolves the generic names of models defined outside
+medrobust (``python:package.module:factory``, ``live:<label>``; see :mod:`medrobust.models.user`).
 """
 
 from __future__ import annotations
@@ -176,9 +178,30 @@ _register(
 )
 
 
+def get_model_spec(name: str) -> ModelSpec:
+    """The spec of model ``name``: a registered architecture or a generic user-model name
+    (``python:package.module:factory``, ``python:path/to/file.py:factory``, ``live:<label>``),
+    which serves classification of any modality.
+
+    Raises:
+        UnknownNameError: the name is neither registered nor generic.
+    """
+    from medrobust.models import user  # local: user builds what this module's specs describe
+
+    if not user.is_user_model(name):
+        return MODELS.get(name)
+    return ModelSpec(
+        name,
+        frozenset(Modality),
+        frozenset({TaskKind.CLASSIFICATION}),
+        lambda t, s, h: user.build_user_model(name, h),
+        "a model defined outside medrobust",
+    )
+
+
 def model_spec_for(name: str, task: Task) -> ModelSpec:
     """The spec of model ``name``, checked to fit ``task``'s modality and kind."""
-    spec = MODELS.get(name)
+    spec = get_model_spec(name)
     if task.modality not in spec.modalities or task.kind not in spec.kinds:
         raise ConfigError(
             f"The model {name!r} serves {sorted(m.value for m in spec.modalities)} "
@@ -216,10 +239,20 @@ def prepare_inputs(task: Task, hparams: Mapping[str, Any] | None = None) -> Tens
 def build_model(
     name: str, task: Task, inputs: TensorSplits, hparams: Mapping[str, Any] | None = None
 ) -> nn.Module:
-    """Build model ``name`` for ``task``; ``hparams`` are keyword arguments of its class."""
+    """Build model ``name`` for ``task``; ``hparams`` are keyword arguments of its class.
+
+    Two hyperparameters are reserved for a trained model's weights: ``checkpoint``, a state dict
+    file loaded into the built model (``weights_only=True``), and ``checkpoint_sha256``, the
+    file's SHA-256, checked first (see :func:`medrobust.models.user.read_state_dict`).
+    """
+    from medrobust.models import user  # local: user builds what this module's specs describe
+
     spec = model_spec_for(name, task)
+    params = dict(hparams or {})
+    checkpoint = params.pop("checkpoint", None)
+    sha256 = params.pop("checkpoint_sha256", None)
     try:
-        return spec.build(task, inputs, dict(hparams or {}))
+        model = spec.build(task, inputs, params)
     except ConfigError:
         raise
     except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
@@ -227,6 +260,9 @@ def build_model(
         # impossible sizes such as width=-2 (RuntimeError) and a dim that the heads do not divide
         # (PyTorch asserts it) are all configuration mistakes.
         raise ConfigError(f"Invalid hyperparameters for model {name!r}: {exc}") from exc
+    if checkpoint is not None:
+        user.load_weights(model, checkpoint, sha256, name)
+    return model
 
 
 __all__ = [
@@ -243,6 +279,7 @@ __all__ = [
     "TensorSplits",
     "TransformerClassifier",
     "build_model",
+    "get_model_spec",
     "model_spec_for",
     "prepare_inputs",
 ]

@@ -9,6 +9,8 @@ same task and trial) the examples are crafted on. A defended attack cell with ``
 crafts its examples against the defense's adaptive attacker (EOT or BPDA); its twin with
 ``adaptive = False`` attacks the defended model plainly. Defended and undefended cells of the
 same attack share the attack seed and the attacked examples, so they compare pairwise.
+A cell with ``pretrained = True`` evaluates a model that is trained already (a user's model in an
+audit): it is built, not trained, and a defense that retrains fine-tunes a copy of it.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Cell:
     defense_label: str = ""
     defense_params: dict[str, Any] = field(default_factory=dict)
     adaptive: bool = False
+    pretrained: bool = False
 
     @property
     def retrained(self) -> bool:
@@ -78,6 +81,8 @@ class Cell:
             self.init_seed,
             self.train_share,
         ]
+        if self.pretrained:
+            parts.append("pretrained")
         if self.retrained:
             parts += [self.defense, self.defense_params]
         return _hash(parts)
@@ -112,6 +117,8 @@ class Cell:
         """Stable id of the cell: a hash of everything that determines its rows."""
         payload = asdict(self)
         payload.pop("device")
+        if not self.pretrained:  # absent as before the field existed: earlier ids stay valid
+            payload.pop("pretrained")
         return _hash(payload)
 
     @property

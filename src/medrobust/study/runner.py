@@ -67,18 +67,23 @@ def train_or_load(
 
     A cell with a ``train_share`` trains on that share of the training split only (the model of
     another institution); validation and test splits are the task's. A defense that retrains
-    builds and trains the model its way; one that only wraps leaves it undefended here.
+    builds and trains the model its way; one that only wraps leaves it undefended here. A
+    ``pretrained`` model is trained already: undefended, it is built and returned as it is (its
+    "training time" is the time to build and load it); a defense that retrains fine-tunes it.
 
     Returns the model, its input tensors and the training time in seconds.
     """
     inputs = prepare_inputs(task, cell.model_params)
     torch.manual_seed(cell.init_seed)
     defense = build_defense(cell) if cell.retrained else None
+    start = time.perf_counter()
     if defense is not None:
         model = defense.build(cell.model, task, inputs, dict(cell.model_params))
     else:
         model = build_model(cell.model, task, inputs, cell.model_params)
     model = model.to(cell.device)
+    if cell.pretrained and defense is None:
+        return model.eval(), inputs, time.perf_counter() - start
     checkpoint = checkpoints / f"{cell.training_key}.pt"
     sidecar = checkpoint.with_suffix(".json")
     if checkpoint.exists() and sidecar.exists():

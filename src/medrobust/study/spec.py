@@ -64,7 +64,7 @@ from medrobust.attacks import ATTACKS
 from medrobust.data import get_task_spec
 from medrobust.defenses import DEFENSES
 from medrobust.errors import ConfigError, MedrobustError
-from medrobust.models import MODELS
+from medrobust.models import get_model_spec
 from medrobust.training import FitConfig
 from medrobust.types import UNBOUNDED, Domain, TaskKind
 
@@ -95,6 +95,9 @@ class ModelEntry:
             training split (split by patient where the task has patient ids), as a model of
             another institution would be; ``None`` trains on the whole split.
         label: the model's name in the results; unique within its task.
+        pretrained: the model is trained already (its factory or checkpoint gives the weights):
+            it is evaluated as built, and ``training`` applies only to defenses that retrain,
+            which fine-tune a copy of it.
     """
 
     name: str
@@ -102,6 +105,7 @@ class ModelEntry:
     training: FitConfig = field(default_factory=FitConfig)
     train_share: tuple[int, int] | None = None
     label: str = ""
+    pretrained: bool = False
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -109,14 +113,18 @@ class ModelEntry:
             object.__setattr__(self, "label", self.name + share)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict form (stored with the results)."""
-        return {
+        """Plain dict form (stored with the results); ``pretrained`` only where set, so that the
+        identity of earlier stores is unchanged."""
+        entry: dict[str, Any] = {
             "name": self.name,
             "label": self.label,
             "params": dict(self.params),
             "training": dict(vars(self.training)),
             "train_share": None if self.train_share is None else list(self.train_share),
         }
+        if self.pretrained:
+            entry["pretrained"] = True
+        return entry
 
 
 @dataclass(frozen=True)
@@ -280,17 +288,23 @@ def _parse_model(where: str, raw: Any, task_training: Any, kind: TaskKind) -> Mo
     if isinstance(raw, str):
         raw = {"name": raw}
     raw = _expect(where, raw, dict, "a model name or a table with 'name'")
-    _check_keys(where, raw, {"name", "params", "training", "train_share", "label"})
+    _check_keys(where, raw, {"name", "params", "training", "train_share", "label", "pretrained"})
     name = _expect(f"{where}.name", raw.get("name"), str, "a model name")
-    spec = MODELS.get(name)
+    spec = get_model_spec(name)
     if kind not in spec.kinds:
         raise ConfigError(f"{where}: the model {name!r} does not serve {kind.value} tasks.")
     params = dict(_expect(f"{where}.params", raw.get("params", {}), dict, "a table"))
     training = {**dict(task_training or {}), **dict(raw.get("training", {}))}
     share = _parse_share(f"{where}.train_share", raw.get("train_share"))
     label = _expect(f"{where}.label", raw.get("label", ""), str, "a string")
+    pretrained = _expect(f"{where}.pretrained", raw.get("pretrained", False), bool, "true or false")
     return ModelEntry(
-        name, params, _parse_training(f"{where}.training", training, kind), share, label
+        name,
+        params,
+        _parse_training(f"{where}.training", training, kind),
+        share,
+        label,
+        pretrained,
     )
 
 
@@ -325,7 +339,7 @@ def _parse_task(where: str, raw: Any) -> TaskEntry:
         for i, m in enumerate(models_raw)
     )
     for entry in models:
-        if task_spec.modality not in MODELS.get(entry.name).modalities:
+        if task_spec.modality not in get_model_spec(entry.name).modalities:
             raise ConfigError(
                 f"{where}: the model {entry.name!r} does not accept "
                 f"{task_spec.modality.value} inputs of task {name!r}."
