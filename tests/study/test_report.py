@@ -200,6 +200,7 @@ def test_report_files_are_complete(synthetic: tuple[Path, list[dict[str, Any]]])
     for heading in ("Validation summary", "Attacks", "Clinical error rates", "Defenses"):
         assert f"## {heading}" in markdown
     assert "Attack success rate, wisconsin" in markdown
+    assert "Not declared in the study config" in markdown  # no run recorded an intended use
     assert not list(folder.glob("**/*.tmp*"))  # atomic writes leave no temporaries
 
 

@@ -149,12 +149,15 @@ def test_an_interrupted_study_resumes_without_losing_cells(
     with ResultStore(tmp_path / "results.sqlite") as results:
         assert len(results.done_ids()) == 5
     seen: list[int] = []
-    run_study(spec, output=tmp_path, on_cell=lambda r, done, t: seen.append(done))
+    # the declared intended use is documentation: changing it keeps the store's finished cells
+    resumed = parse_spec(small_config(intended_use="Second-reader aid, evaluated here."))
+    run_study(resumed, output=tmp_path, on_cell=lambda r, done, t: seen.append(done))
     assert seen == list(range(6, total + 1))  # only the missing cells ran
     with ResultStore(tmp_path / "results.sqlite") as results:
         assert results.result_rows() == reference_rows
         runs = results.runs()  # one provenance record per run, for the validation summary
     assert len(runs) == 2
+    assert [run["intended_use"] for run in runs] == ["", "Second-reader aid, evaluated here."]
     assert runs[0]["versions"]["torch"] == torch.__version__
     files = {f["path"]: f["checksum"] for f in runs[1]["data_files"]}
     assert files["medmnist/breastmnist.npz"].startswith(("md5:", "sha256:"))

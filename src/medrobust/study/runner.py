@@ -471,10 +471,14 @@ def run_study(
     out = Path(output or spec.output)
     ensure_files([t.name for t in spec.tasks])
     cells = plan_cells(spec)
-    identity = {k: v for k, v in spec.to_dict().items() if k not in ("output", "device")}
+    # Where results go, the device and the declared intended use do not change the rows.
+    identity = {
+        k: v for k, v in spec.to_dict().items() if k not in ("output", "device", "intended_use")
+    }
     store = ResultStore(out / "results.sqlite", identity)
     try:
-        store.record_run(run_provenance([t.name for t in spec.tasks], spec.device))
+        provenance = run_provenance([t.name for t in spec.tasks], spec.device)
+        store.record_run({**provenance, "intended_use": spec.intended_use})
         done = store.done_ids()
         todo = [c for c in cells if c.cell_id not in done]
         finished = len(cells) - len(todo)

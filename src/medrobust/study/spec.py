@@ -237,6 +237,7 @@ class StudySpec:
     attacks: tuple[AttackEntry, ...]
     output: str = "medrobust-results"
     defenses: tuple[DefenseEntry, ...] = ()
+    intended_use: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (stored with the results)."""
@@ -247,6 +248,7 @@ class StudySpec:
             "max_attack_examples": self.max_attack_examples,
             "device": self.device,
             "output": self.output,
+            "intended_use": self.intended_use,
             "tasks": [
                 {
                     "name": t.name,
@@ -485,7 +487,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     _check_keys(
         "[study]",
         study,
-        {"name", "trials", "seed", "max_attack_examples", "device", "output"},
+        {"name", "trials", "seed", "max_attack_examples", "device", "output", "intended_use"},
     )
     trials = _expect("study.trials", study.get("trials", 5), int, "an integer >= 1")
     seed = _expect("study.seed", study.get("seed", 0), int, "an integer >= 0")
@@ -538,6 +540,9 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         attacks=attacks,
         output=str(study.get("output", "medrobust-results")),
         defenses=defenses,
+        intended_use=_expect(
+            "study.intended_use", study.get("intended_use", ""), str, "a text (one paragraph)"
+        ).strip(),
     )
     from medrobust.study.plan import plan_cells  # local: plan imports this module
 

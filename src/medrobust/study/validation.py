@@ -17,7 +17,7 @@ from medrobust.study.page import Block, Bullets, Heading, Paragraph, Preformatte
 from medrobust.study.table import Table
 
 NOT_DECLARED = (
-    "Not declared in the study config (set `intended_use` in the [study] table). This report "
+    "Not declared in the study config (set intended_use in its [study] table). This report "
     "measures robustness to adversarial input; it is not evidence of diagnostic performance."
 )
 
@@ -278,7 +278,8 @@ def validation_summary(
 ) -> Section:
     """The summary section; ``tables`` are the report's tables by kind (clean, worst_case,
     clinical, defenses)."""
-    intended = str(study.get("intended_use") or NOT_DECLARED)
+    declared = [str(run.get("intended_use") or "") for run in runs]
+    intended = next((text for text in reversed(declared) if text), NOT_DECLARED)
     blocks: list[Block] = [
         Heading("Intended use"),
         Paragraph(intended),
