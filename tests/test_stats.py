@@ -18,6 +18,8 @@ from statsmodels.stats.weightstats import DescrStatsW
 
 from medrobust.errors import InputError, ParameterError
 from medrobust.stats import (
+    NEGLIGIBLE_EFFECT,
+    analyze_paired,
     cohens_dz,
     holm,
     mcnemar_test,
@@ -592,3 +594,43 @@ def test_one_way_anova_f_against_scipy_and_statsmodels(samples: list[list[float]
         means = np.mean(groups[pair.group2]) - np.mean(groups[pair.group1])
         assert pair.mean_difference == pytest.approx(means, abs=1e-12)
         assert 0.0 <= pair.p_adjusted <= 1.0 and pair.ci_low <= pair.ci_high
+
+
+# --- bounded summaries and the combined paired analysis -----------------------------------------
+
+
+def test_summary_of_rates_keeps_its_interval_inside_the_bounds():
+    near_one = [1.0, 1.0, 0.98, 1.0, 0.96]
+    free, bounded = summarize(near_one), summarize(near_one, bounds=(0.0, 1.0))
+    assert free.ci_high > 1.0  # the t interval leaves [0, 1]
+    assert bounded.ci_high == 1.0 and bounded.ci_low == free.ci_low
+    assert (bounded.n, bounded.mean, bounded.sd) == (free.n, free.mean, free.sd)
+
+
+def test_analyze_paired_on_sleep_data_combines_the_reference_results():
+    result = analyze_paired(SLEEP_DRUG_1, SLEEP_DRUG_2)
+    assert result.comparison == paired_comparison(SLEEP_DRUG_1, SLEEP_DRUG_2)
+    assert result.effect == cohens_dz(SLEEP_DRUG_1, SLEEP_DRUG_2)
+    assert result.p == pytest.approx(2 / 2**9)  # Wilcoxon: the differences are not normal
+    d = result.effect.d
+    assert result.power is not None and result.power.n == 10
+    # statsmodels as the second implementation of post-hoc power and of the trials needed
+    assert result.power.power == pytest.approx(
+        TTestPower().power(effect_size=abs(d), nobs=10, alpha=0.05), abs=1e-6
+    )
+    assert result.needed is not None
+    solved = TTestPower().solve_power(effect_size=abs(d), power=0.8, alpha=0.05)
+    assert result.needed.n == math.ceil(solved)
+
+
+def test_analyze_paired_degrades_with_few_trials_and_drops_nan_pairs():
+    two = analyze_paired([0.8, 0.7], [0.9, 0.85])
+    assert two.n == 2 and two.comparison is None and math.isnan(two.p)
+    assert two.effect is not None and two.power is not None  # d_z needs only 2 pairs
+    one = analyze_paired([0.8, math.nan, 0.7], [0.9, 0.5, math.nan])
+    assert one.n == 1 and one.effect is None and one.power is None and one.needed is None
+    tiny = analyze_paired([2.0, 1.0, 2.0, 1.0, 1.01], [1.0, 2.0, 1.0, 2.0, 1.0])  # d_z = 0.002
+    assert tiny.effect is not None and abs(tiny.effect.d) < NEGLIGIBLE_EFFECT
+    assert tiny.needed is None  # no meaningful trial count for a negligible effect
+    with pytest.raises(InputError, match="same length"):
+        analyze_paired([1.0, 2.0], [1.0])

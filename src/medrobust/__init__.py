@@ -34,7 +34,18 @@ from medrobust.errors import (
 )
 from medrobust.metrics import ClinicalMetrics, clinical_metrics, predictions, success_rate
 from medrobust.models import MODELS, build_model, prepare_inputs
-from medrobust.stats import paired_ttest, summarize
+from medrobust.stats import (
+    analyze_paired,
+    cohens_dz,
+    holm,
+    mcnemar_test,
+    one_way_anova,
+    paired_comparison,
+    paired_power,
+    paired_ttest,
+    summarize,
+    trials_for_power,
+)
 from medrobust.study import ResultStore, StudySpec, load_spec, run_study, write_report
 from medrobust.training import FitConfig, fit, load_checkpoint, predict_logits, save_checkpoint
 from medrobust.types import Domain, Modality, Norm, TaskKind, ThreatModel
@@ -72,13 +83,20 @@ __all__ = [
     "ThreatModel",
     "UnknownNameError",
     "__version__",
+    "analyze_paired",
     "audit",
     "build_model",
     "clinical_metrics",
+    "cohens_dz",
     "fit",
+    "holm",
     "load_checkpoint",
     "load_spec",
     "load_task",
+    "mcnemar_test",
+    "one_way_anova",
+    "paired_comparison",
+    "paired_power",
     "paired_ttest",
     "predict_logits",
     "predictions",
@@ -87,5 +105,6 @@ __all__ = [
     "save_checkpoint",
     "success_rate",
     "summarize",
+    "trials_for_power",
     "write_report",
 ]
