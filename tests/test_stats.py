@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
+import warnings
 
 import numpy as np
 import pytest
@@ -314,7 +316,19 @@ def test_one_way_anova_on_plant_growth():
     assert (result.df_between, result.df_within) == (2, 27)
     assert result.f == pytest.approx(4.846, abs=5e-4)
     assert result.p == pytest.approx(0.01591, abs=5e-6)
-    assert result.format() == "F(2, 27) = 4.85, p = 0.016"
+    # R: shapiro.test(residuals(aov(weight ~ group))): W = 0.96607, p-value = 0.4379;
+    # car::leveneTest(weight ~ group): F(2, 27) = 1.1192, p = 0.3412;
+    # oneway.test(weight ~ group): F = 5.181, num df = 2, denom df = 17.128, p-value = 0.01739.
+    assert result.normality_p == pytest.approx(0.4379, abs=5e-5)
+    assert result.equal_variance_p == pytest.approx(0.3412, abs=5e-5)
+    assert result.welch_f == pytest.approx(5.181, abs=5e-4)
+    assert result.welch_df_within == pytest.approx(17.128, abs=5e-4)
+    assert result.welch_p == pytest.approx(0.01739, abs=5e-6)
+    assert result.assumptions_held
+    assert result.format() == (
+        "F(2, 27) = 4.85, p = 0.016 (residuals normal, Shapiro-Wilk p = 0.44; variances equal, "
+        "Levene p = 0.34)"
+    )
     expected = {
         ("ctrl", "trt1"): (-0.371, 0.3908711, -1.0622161, 0.3202161),
         ("ctrl", "trt2"): (0.494, 0.1979960, -0.1972161, 1.1852161),
@@ -590,6 +604,16 @@ def test_one_way_anova_f_against_scipy_and_statsmodels(samples: list[list[float]
     reference = anova_oneway(values, labels, use_var="equal")
     assert result.f == pytest.approx(reference.statistic, rel=1e-6, abs=1e-9)
     assert result.p == pytest.approx(reference.pvalue, rel=1e-6, abs=1e-12)
+    welch_in_scipy = "equal_var" in inspect.signature(sps.f_oneway).parameters  # scipy >= 1.15
+    if welch_in_scipy and all(np.ptp(values) > 0 for values in samples):
+        welch = sps.f_oneway(*samples, equal_var=False)
+        assert result.welch_f == pytest.approx(welch.statistic, rel=1e-6)
+        assert result.welch_p == pytest.approx(welch.pvalue, rel=1e-6, abs=1e-12)
+    with warnings.catch_warnings():  # a group without spread leaves Levene's W undefined
+        warnings.simplefilter("ignore", RuntimeWarning)
+        levene = sps.levene(*samples, center="median").pvalue
+    if not math.isnan(levene):
+        assert result.equal_variance_p == pytest.approx(levene, rel=1e-9)
     for pair in result.pairs:
         means = np.mean(groups[pair.group2]) - np.mean(groups[pair.group1])
         assert pair.mean_difference == pytest.approx(means, abs=1e-12)

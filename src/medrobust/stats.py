@@ -19,6 +19,7 @@ from scipy import optimize
 from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar  # type: ignore[import-untyped]
 from statsmodels.stats.multitest import multipletests  # type: ignore[import-untyped]
+from statsmodels.stats.oneway import anova_oneway  # type: ignore[import-untyped]
 from statsmodels.stats.power import TTestPower  # type: ignore[import-untyped]
 from statsmodels.tools.sm_exceptions import ConvergenceWarning  # type: ignore[import-untyped]
 
@@ -390,6 +391,11 @@ class Anova:
         p: p-value of F.
         pairs: Tukey HSD comparison of each pair of groups, in the order of the mapping.
         confidence: Family-wise confidence level of the Tukey intervals.
+        normality_p: Shapiro-Wilk p-value of the residuals (values minus their group mean).
+        equal_variance_p: Levene's test (Brown-Forsythe, median-centred) of equal variances.
+        welch_f: Welch's F, which does not assume equal variances.
+        welch_df_within: Its (fractional) denominator degrees of freedom.
+        welch_p: Its p-value.
     """
 
     f: float
@@ -398,20 +404,48 @@ class Anova:
     p: float
     pairs: tuple[TukeyPair, ...]
     confidence: float
+    normality_p: float = math.nan
+    equal_variance_p: float = math.nan
+    welch_f: float = math.nan
+    welch_df_within: float = math.nan
+    welch_p: float = math.nan
+
+    @property
+    def assumptions_held(self) -> bool:
+        """Whether neither normality of the residuals nor equal variances was rejected."""
+        return not (self.normality_p < _NORMALITY_ALPHA or self.equal_variance_p < _NORMALITY_ALPHA)
 
     def format(self) -> str:
-        """``F(2, 27) = 4.85, p = 0.016``."""
+        """``F(2, 27) = 4.85, p = 0.016 (residuals normal, Shapiro-Wilk p = 0.44; variances
+        equal, Levene p = 0.34)``; where Levene rejects, Welch's F follows."""
         if math.isnan(self.f):
             return f"F({self.df_between}, {self.df_within}) = n/a"
-        return f"F({self.df_between}, {self.df_within}) = {self.f:.2f}, {_p(self.p)}"
+        text = f"F({self.df_between}, {self.df_within}) = {self.f:.2f}, {_p(self.p)}"
+        if math.isnan(self.normality_p):
+            return text
+        normal = "normal" if self.normality_p >= _NORMALITY_ALPHA else "not normal"
+        equal = "equal" if not self.equal_variance_p < _NORMALITY_ALPHA else "unequal"
+        text += (
+            f" (residuals {normal}, Shapiro-Wilk {_p(self.normality_p)}; variances {equal}, "
+            f"Levene {_p(self.equal_variance_p)})"
+        )
+        if equal == "unequal" and not math.isnan(self.welch_f):
+            text += (
+                f"; Welch F({self.df_between}, {self.welch_df_within:.1f}) = "
+                f"{self.welch_f:.2f}, {_p(self.welch_p)}"
+            )
+        return text
 
 
 def one_way_anova(groups: Mapping[str, Sequence[float]], confidence: float = 0.95) -> Anova:
     """One-way ANOVA (``scipy.stats.f_oneway``) and Tukey HSD (``scipy.stats.tukey_hsd``).
 
     Both assume independent observations, normal within each group, with equal variances
-    across groups; Tukey's HSD (Tukey-Kramer for unequal sizes) controls the family-wise error
-    rate over all pairwise comparisons and gives simultaneous confidence intervals.
+    across groups. The result reports whether the data kept those assumptions: Shapiro-Wilk on
+    the residuals, Levene's test (median-centred) of equal variances, and Welch's F
+    (statsmodels ``anova_oneway``) to read instead of F where the variances differ. Tukey's HSD
+    (Tukey-Kramer for unequal sizes) controls the family-wise error rate over all pairwise
+    comparisons and gives simultaneous confidence intervals.
 
     Args:
         groups: Values of each condition by name; at least 2 groups of at least 2 values each.
@@ -463,7 +497,25 @@ def one_way_anova(groups: Mapping[str, Sequence[float]], confidence: float = 0.9
         )
         for i, j in combinations(range(len(data)), 2)
     )
-    return Anova(float(anova.statistic), df_between, df_within, float(anova.pvalue), pairs, level)
+    residuals = np.concatenate([v - v.mean() for v in data])
+    normality_p = float(sps.shapiro(residuals).pvalue) if len(residuals) >= 3 else math.nan
+    with warnings.catch_warnings():  # groups with zero spread make Levene's statistic undefined
+        warnings.simplefilter("ignore", RuntimeWarning)
+        levene_p = float(sps.levene(*data, center="median").pvalue)
+        welch = anova_oneway(data, use_var="unequal", welch_correction=True)
+    return Anova(
+        float(anova.statistic),
+        df_between,
+        df_within,
+        float(anova.pvalue),
+        pairs,
+        level,
+        normality_p,
+        levene_p,
+        float(welch.statistic),
+        float(welch.df_denom),
+        float(welch.pvalue),
+    )
 
 
 @dataclass(frozen=True)
