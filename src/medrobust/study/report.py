@@ -572,6 +572,11 @@ def defense_anova_table(cells: list[dict[str, Any]]) -> Table:
             "df_between": anova.df_between,
             "df_within": anova.df_within,
             "p": anova.p,
+            "residuals_normality_p": anova.normality_p,
+            "equal_variance_p": anova.equal_variance_p,
+            "welch_f": anova.welch_f,
+            "welch_df_within": anova.welch_df_within,
+            "welch_p": anova.welch_p,
         }
         # Long form for CSV: one record per defense, the ANOVA repeated on each.
         records += [
