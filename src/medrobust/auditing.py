@@ -12,6 +12,12 @@ The model:
   ``nn.Module`` (called with ``model_params``), imported by the generic model name
   ``python:<target>`` (:mod:`medrobust.models.user`);
 - a registered architecture (``"small_cnn"``) with a ``checkpoint``;
+- ``"huggingface:/path/to/dir"``: a Hugging Face sequence classifier saved with
+  ``save_pretrained`` (model and fast tokenizer in one directory), for text tasks; it is loaded
+  from local files only, the task's text is encoded with its own tokenizer (``model_params``
+  ``max_length``, default 128), and the SHA-256 of the directory's files is recorded. Its head
+  must have the task's number of classes; ``train=True`` initialises a new one where it does not
+  (see :mod:`medrobust.models.user`);
 - in Python, the factory itself (imported by name where it can be, else registered in this
   process) or an ``nn.Module`` instance (its state dict is saved to the output folder).
 
@@ -28,8 +34,8 @@ architecture with its own, so it cannot defend a given trained model and is refu
 with ``train=True``). A defense or attack that does not serve the task's modality is refused too.
 
 The task: a name (``"breastmnist"``, ``"medmnist:dermamnist"``, ...) or ``data``: a user's
-``.npz`` or ``.csv`` (:mod:`medrobust.data.userfile`), loaded by the generic task name
-``file:<path>?...&sha256=<checksum>``.
+``.npz`` or ``.csv`` (tabular, or text with a ``text`` column; :mod:`medrobust.data.userfile`),
+loaded by the generic task name ``file:<path>?...&sha256=<checksum>``.
 
 Attacks: names, with the defaults of each modality's budgets (:data:`DEFAULT_EPS`), or tables in a
 study config's ``[[attacks]]`` form (``{"name": "pgd", "eps": [0.03], "params": {"steps": 20}}``).
@@ -54,7 +60,15 @@ from medrobust.data.userfile import file_sha256, file_task_name
 from medrobust.defenses import DEFENSES, Defense
 from medrobust.errors import ConfigError
 from medrobust.models import MODELS, build_model, prepare_inputs
-from medrobust.models.user import LIVE_PREFIX, PYTHON_PREFIX, register_live, split_target
+from medrobust.models.user import (
+    HF_PREFIX,
+    LIVE_PREFIX,
+    PYTHON_PREFIX,
+    directory_sha256,
+    hf_directory,
+    register_live,
+    split_target,
+)
 from medrobust.study import CellResult, StudySpec, run_study, write_report
 from medrobust.study.spec import parse_spec
 from medrobust.training import save_checkpoint
@@ -123,7 +137,20 @@ def _resolve_model(
         name = found or register_live(label, model)
     elif isinstance(model, str):
         text = model.strip()
-        if text.startswith((PYTHON_PREFIX, LIVE_PREFIX)):
+        if text.startswith(HF_PREFIX):
+            path = hf_directory(text)
+            name = HF_PREFIX + str(path)
+            label = label or path.name
+            params = {"hf_tokenizer": str(path), **params, "hf_sha256": directory_sha256(path)}
+            if train:
+                params.setdefault("hf_new_head", True)
+            elif params.get("hf_new_head"):
+                raise ConfigError(
+                    "The 'hf_new_head' param of a Hugging Face model initialises an untrained "
+                    "head, so it needs train=True (--train). Got it for a model evaluated as "
+                    "given."
+                )
+        elif text.startswith((PYTHON_PREFIX, LIVE_PREFIX)):
             name = text
             label = label or text.rpartition(":")[2]
         elif text in MODELS:
@@ -339,12 +366,12 @@ def audit(
 
     Args:
         model: ``"package.module:factory"``, ``"path/to/file.py:factory"``, a registered
-            architecture name, a factory (callable returning an ``nn.Module``) or an
-            ``nn.Module``.
+            architecture name, ``"huggingface:/path/to/saved_model_dir"``, a factory (callable
+            returning an ``nn.Module``) or an ``nn.Module``.
         task: a task name (``"breastmnist"``, ``"medmnist:<subset>"``, ...); or
-        data: an ``.npz`` or ``.csv`` file (see :mod:`medrobust.data.userfile`), with
-            ``data_options`` (``modality``, ``classes``, ``positive``, ``domain``, ``label``,
-            ``split``).
+        data: an ``.npz`` or ``.csv`` file (see :mod:`medrobust.data.userfile`; a CSV with a
+            text column is text), with ``data_options`` (``modality``, ``classes``,
+            ``positive``, ``domain``, ``label``, ``split``, ``text``).
         checkpoint: a state dict file for the model (``torch.save(model.state_dict(), path)``).
         model_params: keyword arguments of the factory or architecture.
         label: the model's name in the report (default: the factory's or class's name).

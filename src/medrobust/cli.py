@@ -163,6 +163,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         "domain": args.domain,
         "label": args.label_column,
         "split": args.split_column,
+        "text": args.text_column,
     }
     data_options = {k: v for k, v in data_options.items() if v is not None}
     training = {"epochs": args.epochs} if args.epochs is not None else None
@@ -216,11 +217,17 @@ def _add_audit_parser(sub: Any) -> None:
         description=(
             "Audit a trained model: --model package.module:factory or path/to/file.py:factory "
             "(a callable returning an nn.Module) with --checkpoint STATE_DICT.pt, or a "
-            "registered architecture with --arch NAME --model STATE_DICT.pt; on --task NAME or "
-            "--data FILE.npz|.csv. Writes the store and report of a study."
+            "registered architecture with --arch NAME --model STATE_DICT.pt, or a Hugging Face "
+            "sequence classifier saved with save_pretrained, --model huggingface:DIR (text; "
+            "--param max_length=N, default 128); on --task NAME or --data FILE.npz|.csv. Writes "
+            "the store and report of a study."
         ),
     )
-    audit.add_argument("--model", required=True, help="module:factory, file.py:factory, or .pt")
+    audit.add_argument(
+        "--model",
+        required=True,
+        help="module:factory, file.py:factory, huggingface:DIR, or .pt (with --arch)",
+    )
     audit.add_argument("--checkpoint", help="state dict of the model (torch.save(state_dict))")
     audit.add_argument("--arch", help="registered architecture whose state dict is --model")
     audit.add_argument(
@@ -231,13 +238,16 @@ def _add_audit_parser(sub: Any) -> None:
     audit.add_argument("--train", action="store_true", help="train the model instead")
     where = audit.add_mutually_exclusive_group(required=True)
     where.add_argument("--task", help="task name (medrobust tasks lists them)")
-    where.add_argument("--data", help="your data: .npz (x_train, y_train, x_test, y_test) or .csv")
-    audit.add_argument("--modality", choices=["image", "ecg", "tabular"], help="of --data")
+    where.add_argument(
+        "--data", help="your data: .npz (x_train, y_train, x_test, y_test) or .csv (also text)"
+    )
+    audit.add_argument("--modality", choices=["image", "ecg", "tabular", "text"], help="of --data")
     audit.add_argument("--classes", help="class names of --data, comma-separated")
     audit.add_argument("--positive", help="the disease class of --data (label or class name)")
     audit.add_argument("--domain", help="valid input range of --data, 'low,high'")
     audit.add_argument("--label-column", help="label column of a CSV (default: label)")
     audit.add_argument("--split-column", help="train/val/test column of a CSV (default: split)")
+    audit.add_argument("--text-column", help="text column of a text CSV (default: text)")
     audit.add_argument(
         "--attack",
         dest="attacks",

@@ -12,6 +12,11 @@ Two formats:
   ``label``), an optional split column (option ``split``, default ``split``) holding ``train``,
   ``val`` or ``test``, and numeric feature columns (every other column). Labels are integers
   0 .. K-1 or class names (sorted, unless ``classes`` gives their order).
+- ``.csv`` of text (clinical notes, abstracts): the same label and split columns and one text
+  column (option ``text``, default ``text``) and no other column. A CSV whose header has the text
+  column is text (or say ``modality=text``); each text is one field (quote it if it holds commas
+  or line breaks) and must not be blank. Text models tokenize it (a tokenizer trained on the
+  training split, or a Hugging Face model's own).
 
 Without a validation split, a stratified 20 % of the training split is held out (seed 0); a CSV
 without a split column is split 60/20/20 into train/val/test, stratified and seeded by the trial
@@ -19,11 +24,12 @@ without a split column is split 60/20/20 into train/val/test, stratified and see
 the file's units.
 
 Options (URL query after the path, e.g. ``file:/data/scans.npz?classes=benign,malignant&
-positive=1``): ``modality`` (image, ecg, tabular; default from the shape: 4-D image, 3-D ECG,
-2-D tabular), ``classes`` (comma-separated names, default ``class 0``, ...), ``positive`` (the
-disease label for sensitivity and FNR: an index or a class name; default 1 for binary tasks, else
-0), ``domain`` (``low,high``; default [0, 1] for images, unbounded otherwise), ``label`` and
-``split`` (CSV columns) and ``sha256`` (the file's checksum: a different file fails with
+positive=1``): ``modality`` (image, ecg, tabular, text; default from the shape: 4-D image, 3-D
+ECG, 2-D tabular; a CSV with a text column is text), ``classes`` (comma-separated names, default
+``class 0``, ...), ``positive`` (the disease label for sensitivity and FNR: an index or a class
+name; default 1 for binary tasks, else 0), ``domain`` (``low,high``; default [0, 1] for images,
+unbounded otherwise; not for text), ``label``, ``split`` and ``text`` (CSV columns) and
+``sha256`` (the file's checksum: a different file fails with
 :class:`~medrobust.errors.ChecksumError`, and the name, stored with every result, identifies the
 data). Bad files raise :class:`~medrobust.errors.CorruptDataError` saying what was wrong and what
 is allowed.
@@ -47,12 +53,12 @@ from medrobust.errors import ChecksumError, ConfigError, CorruptDataError
 from medrobust.types import UNBOUNDED, UNIT_INTERVAL, Domain, Modality, TaskKind
 
 PREFIX = "file:"
-OPTIONS = ("modality", "classes", "positive", "domain", "label", "split", "sha256")
+OPTIONS = ("modality", "classes", "positive", "domain", "label", "split", "text", "sha256")
 SPLITS = ("train", "val", "test")
 FORMATS = (".npz", ".csv")
 VAL_FRACTION = 0.2
 CSV_FRACTIONS = (0.6, 0.2, 0.2)
-_MODALITIES = {Modality.IMAGE.value, Modality.ECG.value, Modality.TABULAR.value}
+_MODALITIES = {m.value for m in (Modality.IMAGE, Modality.ECG, Modality.TABULAR, Modality.TEXT)}
 _NDIM = {2: Modality.TABULAR, 3: Modality.ECG, 4: Modality.IMAGE}
 
 
@@ -111,6 +117,8 @@ def _parse_name(name: str) -> tuple[Path, dict[str, str]]:
 
 
 def _domain(name: str, options: dict[str, str], modality: Modality) -> Domain:
+    if modality is Modality.TEXT and "domain" in options:
+        raise ConfigError(f"The 'domain' option of task {name!r} does not apply to text.")
     if "domain" not in options:
         return UNIT_INTERVAL if modality is Modality.IMAGE else UNBOUNDED
     parts = options["domain"].split(",")
@@ -156,11 +164,22 @@ def file_task_spec(name: str) -> TaskSpec:
     path, options = _parse_name(name)
     modality = _modality_option(name, options)
     if path.suffix.lower() == ".csv":
-        if modality not in (None, Modality.TABULAR):
+        is_text = _csv_is_text(path, options)
+        if modality not in (None, Modality.TABULAR, Modality.TEXT):
             raise ConfigError(
-                f"A CSV data file holds tabular features. Got modality {modality} for {name!r}."
+                "A CSV data file holds tabular features or text. Got modality "
+                f"{modality.value!r} for {name!r}."
             )
-        modality = Modality.TABULAR
+        if modality is Modality.TEXT and not is_text:
+            column = options.get("text", "text")
+            raise ConfigError(
+                f"A text CSV needs a text column {column!r} (name it with the 'text' option); "
+                f"the file of task {name!r} has none."
+            )
+        modality = Modality.TEXT if is_text and modality is not Modality.TABULAR else modality
+        modality = modality or Modality.TABULAR
+    elif modality is Modality.TEXT:
+        raise ConfigError(f"Text data must be a .csv file with a text column. Got {name!r}.")
     elif modality is None:
         stat = path.stat()
         ndim = _npz_ndim(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
@@ -186,7 +205,7 @@ _NPZ_ALLOWED = (
 )
 _CSV_ALLOWED = (
     "a .csv needs a header row, a label column, optionally a split column of train/val/test, "
-    "and numeric feature columns"
+    "and numeric feature columns (or, for text, one text column)"
 )
 
 
@@ -219,7 +238,7 @@ def load_file_task(name: str, seed: int = 0) -> Task:
             "records: the file changed. Audit the new file into a new output folder."
         )
     if path.suffix.lower() == ".csv":
-        xs, ys, names, policy = _read_csv(path, options, seed)
+        xs, ys, names, policy = _read_csv(path, options, seed, spec.modality)
     else:
         xs, ys, names, policy = _read_npz(path, options, spec.modality)
     class_names = _class_names(path, name, options, names, ys)
@@ -227,7 +246,11 @@ def load_file_task(name: str, seed: int = 0) -> Task:
     splits = {split: Split(x=xs[split], y=ys[split]) for split in SPLITS}
     domain = spec.domain
     for split, x in xs.items():
-        if x.size and (x.min() < domain.low or x.max() > domain.high):
+        if (
+            spec.modality is not Modality.TEXT
+            and x.size
+            and (x.min() < domain.low or x.max() > domain.high)
+        ):
             raise _corrupt(
                 path,
                 f"x_{split} has values in [{x.min():g}, {x.max():g}], outside the domain "
@@ -250,7 +273,9 @@ def load_file_task(name: str, seed: int = 0) -> Task:
             "source_files": [{"path": str(path), "sha256": digest}],
             "verified": expected is not None,
             "split_policy": policy,
-            "normalisation": "none: values as in the file (uint8 images / 255)",
+            "normalisation": "none: values as in the file (uint8 images / 255)"
+            if spec.modality is not Modality.TEXT
+            else "none: texts as in the file",
             "positive_class_reason": (
                 "the 'positive' option"
                 if "positive" in options
@@ -354,14 +379,50 @@ def _csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     return header, rows[1:]
 
 
-def _csv_has_split(path: Path, options: dict[str, str]) -> bool:
+def _csv_header(path: Path) -> list[str]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), [])
-    return options.get("split", "split") in [h.strip() for h in header]
+        return [h.strip() for h in next(csv.reader(handle), [])]
+
+
+def _csv_has_split(path: Path, options: dict[str, str]) -> bool:
+    return options.get("split", "split") in _csv_header(path)
+
+
+def _csv_is_text(path: Path, options: dict[str, str]) -> bool:
+    """Whether the CSV's header has the text column (option ``text``, default ``text``)."""
+    try:
+        return options.get("text", "text") in _csv_header(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise _corrupt(path, f"it is not a readable CSV ({exc})", _CSV_ALLOWED) from None
+
+
+def _text_column(
+    path: Path, header: list[str], rows: list[list[str]], column: str, others: tuple[str, str]
+) -> np.ndarray:
+    """The texts of a text CSV, an object array of N strings."""
+    extra = [c for c in header if c not in (column, *others)]
+    if extra:
+        raise _corrupt(
+            path,
+            f"a text CSV has columns {extra} beside the text, label and split columns",
+            "a text CSV with one text column (option 'text'), a label column and optionally a "
+            "split column",
+        )
+    at = header.index(column)
+    x = np.empty(len(rows), dtype=object)
+    for r, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise _corrupt(
+                path, f"line {r} has {len(row)} fields, the header {len(header)}", _CSV_ALLOWED
+            )
+        if not row[at].strip():
+            raise _corrupt(path, f"row {r - 1} has a blank text", "a non-blank text in every row")
+        x[r - 2] = row[at]
+    return x
 
 
 def _read_csv(
-    path: Path, options: dict[str, str], seed: int
+    path: Path, options: dict[str, str], seed: int, modality: Modality = Modality.TABULAR
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...], str]:
     header, rows = _csv_rows(path)
     label_col = options.get("label", "label")
@@ -373,10 +434,15 @@ def _read_csv(
             "'label' option",
             _CSV_ALLOWED,
         )
+    index = {c: i for i, c in enumerate(header)}
+    if modality is Modality.TEXT:
+        texts = _text_column(
+            path, header, rows, options.get("text", "text"), (label_col, split_col)
+        )
+        return _csv_splits(path, options, seed, header, rows, texts)
     features = [c for c in header if c not in (label_col, split_col)]
     if not features:
         raise _corrupt(path, "it has no feature columns", _CSV_ALLOWED)
-    index = {c: i for i, c in enumerate(header)}
     x = np.empty((len(rows), len(features)), dtype=np.float64)
     for r, row in enumerate(rows, start=2):
         if len(row) != len(header):
@@ -394,9 +460,23 @@ def _read_csv(
                 ) from None
     if not np.isfinite(x).all():
         raise _corrupt(path, "it has NaN or infinite feature values", _CSV_ALLOWED)
+    return _csv_splits(path, options, seed, header, rows, x.astype(np.float32))
+
+
+def _csv_splits(
+    path: Path,
+    options: dict[str, str],
+    seed: int,
+    header: list[str],
+    rows: list[list[str]],
+    x32: np.ndarray,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], tuple[str, ...], str]:
+    """The CSV's inputs ``x32`` (one per row) split by its split column or a seeded split."""
+    label_col = options.get("label", "label")
+    split_col = options.get("split", "split")
+    index = {c: i for i, c in enumerate(header)}
     raw_labels = [row[index[label_col]].strip() for row in rows]
     y, names = _encode_labels(path, raw_labels, options)
-    x32 = x.astype(np.float32)
     if split_col in header:
         where = np.array([row[index[split_col]].strip().lower() for row in rows])
         bad = sorted(set(where) - set(SPLITS))

@@ -1,9 +1,10 @@
 """Reference architectures (plain ``nn.Module``s) and the registry that builds them for a task.
 
 Every registered model states the modalities and task kinds it serves. ``prepare_inputs`` turns a
-task's arrays into the tensors its model eats (text: a tokenizer trained on the training split).
-Beside the registry, :func:`get_model_spec` resolves the generic names of models defined outside
-medrobust (``python:package.module:factory``, ``live:<label>``; see :mod:`medrobust.models.user`).
+task's arrays into the tensors its model eats (text: a tokenizer trained on the training split, or
+a Hugging Face model's own tokenizer). Beside the registry, :func:`get_model_spec` resolves the
+generic names of models defined outside medrobust (``python:package.module:factory``,
+``live:<label>``, ``huggingface:<directory>``; see :mod:`medrobust.models.user`).
 """
 
 from __future__ import annotations
@@ -181,7 +182,8 @@ _register(
 def get_model_spec(name: str) -> ModelSpec:
     """The spec of model ``name``: a registered architecture or a generic user-model name
     (``python:package.module:factory``, ``python:path/to/file.py:factory``, ``live:<label>``),
-    which serves classification of any modality.
+    which serves classification of any modality, or ``huggingface:<directory>``, a saved
+    Hugging Face sequence classifier, which serves text classification.
 
     Raises:
         UnknownNameError: the name is neither registered nor generic.
@@ -190,6 +192,14 @@ def get_model_spec(name: str) -> ModelSpec:
 
     if not user.is_user_model(name):
         return MODELS.get(name)
+    if user.is_huggingface_model(name):
+        return ModelSpec(
+            name,
+            frozenset({Modality.TEXT}),
+            frozenset({TaskKind.CLASSIFICATION}),
+            lambda t, s, h: user.build_huggingface_model(name, t, h),
+            "a Hugging Face sequence-classification model",
+        )
     return ModelSpec(
         name,
         frozenset(Modality),
@@ -212,11 +222,25 @@ def model_spec_for(name: str, task: Task) -> ModelSpec:
 
 
 def prepare_inputs(task: Task, hparams: Mapping[str, Any] | None = None) -> TensorSplits:
-    """Turn the task's arrays into tensors. Text is tokenized with a WordPiece vocabulary trained
-    on the training split alone (``vocab_size`` and ``max_length`` from ``hparams``)."""
+    """Turn the task's arrays into tensors.
+
+    Text is tokenized with a vocabulary trained on the training split alone (``vocab_size``,
+    ``tokenizer`` and ``max_length`` from ``hparams``), or, where ``hparams`` has
+    ``hf_tokenizer`` (set for ``huggingface:`` models), with that Hugging Face tokenizer, so that
+    the ids are the model's own (``max_length`` default 128; see
+    :func:`medrobust.models.user.hf_encode`); ``vocab_size`` is then the model's.
+    """
+    from medrobust.models import user  # local: user builds what this module's specs describe
+
     hparams = dict(hparams or {})
     splits = task.splits()
     y = {name: torch.as_tensor(split.y, dtype=torch.int64) for name, split in splits.items()}
+    if task.modality is Modality.TEXT and hparams.get("hf_tokenizer") is not None:
+        ids, vocab_size, backend = user.hf_encode(
+            {name: list(split.x) for name, split in splits.items()}, hparams
+        )
+        x = {name: torch.from_numpy(array) for name, array in ids.items()}
+        return TensorSplits(x, y, vocab_size=vocab_size, tokenizer=backend)
     if task.modality is Modality.TEXT:
         tokenizer = train_tokenizer(
             list(task.train.x),

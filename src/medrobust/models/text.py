@@ -8,6 +8,7 @@ expose ``embed`` and ``forward_embeddings`` so that attacks can work in embeddin
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -131,12 +132,43 @@ def encode(tokenizer: Tokenizer, texts: Sequence[str], *, max_length: int = 256)
     return ids
 
 
+def special_token_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """Ids of ``tokenizer``'s special tokens: its added tokens marked special (a Hugging Face
+    tokenizer's [PAD], [UNK], [CLS], [SEP], [MASK], ``<s>``, ...) and any of
+    :data:`SPECIAL_TOKENS` in its vocabulary, sorted."""
+    ids = {int(i) for i, token in tokenizer.get_added_tokens_decoder().items() if token.special}
+    for token in SPECIAL_TOKENS:
+        found = tokenizer.token_to_id(token)
+        if found is not None:
+            ids.add(int(found))
+    return tuple(sorted(ids))
+
+
+_RESERVED = re.compile(r"^\[unused\d+\]$|^<unused\d+>$")
+
+
+def protected_token_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """Ids a token substitution must never change or insert: :func:`special_token_ids` and the
+    reserved placeholders of BERT-style vocabularies (``[unused0]``, ...), which stand for no
+    word. For a tokenizer of :func:`train_tokenizer`, the ids of :data:`SPECIAL_TOKENS`."""
+    reserved = {i for token, i in tokenizer.get_vocab().items() if _RESERVED.match(token)}
+    return tuple(sorted(set(special_token_ids(tokenizer)) | reserved))
+
+
+def _unk_id(tokenizer: Tokenizer) -> int | None:
+    token = getattr(tokenizer.model, "unk_token", None)
+    found = tokenizer.token_to_id(token) if isinstance(token, str) else None
+    return tokenizer.token_to_id("[UNK]") if found is None else found
+
+
 def decode(tokenizer: Tokenizer, ids: torch.Tensor | np.ndarray) -> list[str]:
     """The text of each row of token ids, for showing original against adversarial inputs.
 
-    [PAD], [CLS] and [SEP] are dropped; [UNK] is kept, so that the text shows where the
-    tokenizer lost a word; WordPiece continuation pieces (``##``) are glued to the piece before.
-    Text is lower-cased, as the tokenizer normalised it.
+    Special tokens ([PAD], [CLS], [SEP], and the other special tokens of a Hugging Face
+    tokenizer) are dropped; the unknown token ([UNK]) is kept, so that the text shows where the
+    tokenizer lost a word. A tokenizer with a decoder (a Hugging Face tokenizer's) joins the
+    tokens its way; otherwise WordPiece continuation pieces (``##``) are glued to the piece
+    before. Text is lower-cased where the tokenizer normalised it so.
 
     Shape:
         (N, L) int -> N strings
@@ -144,11 +176,16 @@ def decode(tokenizer: Tokenizer, ids: torch.Tensor | np.ndarray) -> list[str]:
     rows = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
     if rows.ndim != 2:
         raise ParameterError(f"decode needs token ids of shape (N, L). Got shape {rows.shape}.")
-    hidden = {tokenizer.token_to_id(token) for token in ("[PAD]", "[CLS]", "[SEP]")}
-    hidden.add(PAD_ID)
+    hidden = set(special_token_ids(tokenizer)) - {_unk_id(tokenizer)}
+    if tokenizer.id_to_token(PAD_ID) is None:
+        hidden.add(PAD_ID)
     texts = []
     for row in rows:
-        tokens = [tokenizer.id_to_token(int(i)) for i in row if int(i) not in hidden]
+        kept = [int(i) for i in row if int(i) not in hidden]
+        if tokenizer.decoder is not None:
+            texts.append(tokenizer.decode(kept, skip_special_tokens=False))
+            continue
+        tokens = [tokenizer.id_to_token(i) for i in kept]
         texts.append(" ".join(t if t is not None else "[UNK]" for t in tokens).replace(" ##", ""))
     return texts
 

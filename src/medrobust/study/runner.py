@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import inspect
 import json
 import logging
 import math
@@ -39,7 +40,7 @@ from medrobust.metrics import (
     target_success_rate,
 )
 from medrobust.models import TensorSplits, build_model, prepare_inputs
-from medrobust.models.text import decode
+from medrobust.models.text import decode, protected_token_ids
 from medrobust.study.plan import Cell, derive_seed, plan_cells
 from medrobust.study.spec import StudySpec
 from medrobust.study.store import CellResult, ExampleRow, ResultStore, TextSample
@@ -179,6 +180,21 @@ def _text_samples(
     ]
 
 
+def _attack_params(
+    cls: Callable[..., Any], params: dict[str, Any], tokenizer: Any
+) -> dict[str, Any]:
+    """The cell's attack parameters. A token attack that protects special ids (HotFlip) gets
+    those of the tokenizer that made the ids, unless the cell names them: a Hugging Face
+    vocabulary's [CLS] and [SEP] are not the ids of medrobust's own tokenizer."""
+    if (
+        tokenizer is None
+        or "special_ids" in params
+        or "special_ids" not in inspect.signature(cls).parameters
+    ):
+        return dict(params)
+    return {**params, "special_ids": list(protected_token_ids(tokenizer))}
+
+
 @dataclass(frozen=True)
 class CellOutcome:
     """What evaluating one cell produces, before it is stored."""
@@ -265,12 +281,13 @@ def evaluate_cell(
     subset = np.sort(rng.choice(pool, size=min(len(pool), cell.max_attack_examples), replace=False))
     x, y = x_test[subset], y_test[subset]
     target = torch.tensor([harmful[int(c)] for c in y]) if cell.targeted else None
-    attack = ATTACKS.get(cell.attack)(
+    attack_cls = ATTACKS.get(cell.attack)
+    attack = attack_cls(
         norm=cell.norm or "linf",
         eps=float(cell.eps or 0.0),
         domain=task.domain,
         seed=cell.attack_seed,
-        **cell.attack_params,
+        **_attack_params(attack_cls, cell.attack_params, tokenizer),
     )
     crafter = model if surrogate is None else surrogate
     if cell.adaptive:
