@@ -11,6 +11,7 @@ from typing import Any
 import matplotlib.image
 import pytest
 
+from medrobust.study import figures as figures_module
 from medrobust.study.figures import (
     MAX_BAR_CONFIGS,
     FigureImage,
@@ -333,3 +334,15 @@ def test_records_read_back_from_csv_give_the_same_figures() -> None:
         writer.writerows(rows)
         read_back[key] = list(csv.DictReader(io.StringIO(buffer.getvalue())))
     assert build_figures(read_back) == build_figures(records)
+
+
+def test_long_task_names_give_short_distinct_file_names() -> None:
+    """A user data file's task name holds its path and checksum; a figure's file name must
+    still fit the file system and stay unique."""
+    stem = "file:/data/" + "very_long_folder_name/" * 12 + "audit.csv?label=diagnosis&sha256="
+    first, second = (
+        figures_module._slug("accuracy", stem + "a" * 64),
+        figures_module._slug("accuracy", stem + "b" * 64),
+    )
+    assert len(first) <= figures_module.MAX_STEM and len(second) <= figures_module.MAX_STEM
+    assert first != second and first.startswith("accuracy_file_data_very_long")

@@ -14,6 +14,7 @@ has a single trial.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
@@ -199,11 +200,18 @@ def _by_task(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str
 # --- drawing helpers ---------------------------------------------------------------------------
 
 
+MAX_STEM = 80  # file systems cap names at 255 bytes; a user data file's task name can be long
+
+
 def _slug(*parts: str) -> str:
-    """A file stem made of ``parts``: lower-case letters, digits, ``_``, ``-`` and ``.``."""
-    text = "_".join(parts).lower()
-    text = re.sub(r"[^a-z0-9.-]+", "_", text).strip("_.-")
-    return text or "figure"
+    """A file stem made of ``parts``: lower-case letters, digits, ``_``, ``-`` and ``.``; a
+    long one is cut and keeps a short hash of the whole, so distinct names stay distinct."""
+    joined = "_".join(parts)
+    text = re.sub(r"[^a-z0-9.-]+", "_", joined.lower()).strip("_.-") or "figure"
+    if len(text) > MAX_STEM:
+        digest = hashlib.sha256(joined.encode("utf-8")).hexdigest()[:10]
+        text = f"{text[: MAX_STEM - 11].rstrip('_.-')}_{digest}"
+    return text
 
 
 def _unique(images: list[FigureImage]) -> list[FigureImage]:
