@@ -49,6 +49,18 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_report(paths: list[Path], store: Path | None = None) -> None:
+    """The report's headline results, then where the report and its files are."""
+    from medrobust.study.report import headline_section
+
+    print(headline_section(paths[0].read_text(encoding="utf-8")))
+    html = [p for p in paths if p.suffix == ".html"]
+    print(f"\nReport: {html[0] if html else paths[0]} (Markdown: {paths[0]})")
+    folder = paths[0].parent
+    written = [store] if store is not None else []
+    print(f"Wrote {len(paths)} files in {folder}" + (f" and the store {store}" if written else ""))
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -70,9 +82,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
-    paths = write_report(store)
-    print(paths[0].read_text(encoding="utf-8"))  # the report's tables, computed once
-    print("Wrote " + ", ".join(str(p) for p in [store, *paths]))
+    _print_report(write_report(store), store)
     return 0
 
 
@@ -83,9 +93,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not store.is_file():
         print(f"error: no results store at {store}", file=sys.stderr)
         return 2
-    paths = write_report(store, args.output)
-    print(paths[0].read_text(encoding="utf-8"))
-    print("Wrote " + ", ".join(str(p) for p in paths))
+    _print_report(write_report(store, args.output))
     return 0
 
 
@@ -204,9 +212,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
-    paths = write_report(store)
-    print(paths[0].read_text(encoding="utf-8"))
-    print("Wrote " + ", ".join(str(p) for p in [store, *paths]))
+    _print_report(write_report(store), store)
     return 0
 
 

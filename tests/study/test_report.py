@@ -19,6 +19,7 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from medrobust.cli import main
 from medrobust.study import ResultStore, write_report
 from medrobust.study.store import CellResult, ExampleRow, TextSample
 
@@ -264,3 +265,16 @@ def test_report_renders_in_headless_chromium(
     assert seen["images"] == figures and seen["shown"] == figures  # every figure decoded
     markdown_tables = (folder / "report.md").read_text().count("\n|---")
     assert seen["tables"] == markdown_tables >= 8  # every table laid out
+
+
+def test_cli_report_prints_the_headline_and_where_the_report_is(
+    synthetic: tuple[Path, list[dict[str, Any]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder, _ = synthetic
+    assert main(["report", str(folder / "results.sqlite"), "--output", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("### Results (mean over trials with 95% CI)")
+    assert "wisconsin / mlp: clean accuracy" in printed
+    assert f"Report: {tmp_path / 'report.html'}" in printed
+    assert main(["report", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no results store" in capsys.readouterr().err

@@ -48,7 +48,7 @@ from medrobust.study.page import (
 )
 from medrobust.study.store import ResultStore
 from medrobust.study.table import Table, summary_fields
-from medrobust.study.validation import validation_summary
+from medrobust.study.validation import HEADLINE, validation_summary
 
 CLEAN_METRICS = (
     ("accuracy", "Accuracy"),
@@ -1090,6 +1090,15 @@ CSV_FILES = {
     "certified": "certified.csv",
     "significance": "tests.csv",
 }
+
+
+def headline_section(markdown: str) -> str:
+    """The headline results of a written ``report.md``, for printing after a run."""
+    start = markdown.find(f"### {HEADLINE}")
+    if start < 0:
+        return ""
+    end = markdown.find("\n### ", start + 4)
+    return markdown[start : end if end >= 0 else len(markdown)].strip()
 
 
 def write_report(store_path: str | Path, output: str | Path | None = None) -> list[Path]:

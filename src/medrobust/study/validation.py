@@ -16,6 +16,7 @@ from medrobust.study.analysis import UNDEFENDED, StudyTest, attack_label, model_
 from medrobust.study.page import Block, Bullets, Heading, Paragraph, Preformatted, Section
 from medrobust.study.table import Table
 
+HEADLINE = "Results (mean over trials with 95% CI)"
 NOT_DECLARED = (
     "Not declared in the study config (set intended_use in its [study] table). This report "
     "measures robustness to adversarial input; it is not evidence of diagnostic performance."
@@ -287,7 +288,7 @@ def validation_summary(
         *_data(study, cells, runs),
         Heading("Threat model"),
         *_threat_model(study),
-        Heading("Results (mean over trials with 95% CI)"),
+        Heading(HEADLINE),
         Bullets(tuple(headline(tables, tests))),
         Heading("Limitations"),
         Bullets(tuple(_limitations(study, tables, tests))),
