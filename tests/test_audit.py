@@ -104,8 +104,9 @@ def test_cli_audits_a_model_defined_outside_the_package(
     ]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "Accuracy under attack" in printed and "tiny_cnn" in printed
-    assert (out / "report.md").is_file()
+    assert "breastmnist / tiny_cnn: clean accuracy" in printed  # the headline results
+    assert (out / "report.md").is_file() and f"Report: {out / 'report.html'}" in printed
+    assert "Accuracy under attack" in (out / "report.md").read_text()
     cells = _by_label(out / "results.sqlite")
     m = "breastmnist/tiny_cnn"
     assert set(cells) == {
