@@ -223,17 +223,30 @@ def _limitations(
         for r in tables["clean"].records
         if any(v for k, v in r.items() if k.startswith("masking_") and k.endswith("_trials"))
     )
+    defended = {
+        (r["task"], r["model"], r["defense"])
+        for r in tables["defenses"].records
+        if r["masking_flags"] not in ("none", "not checked")
+    }
     tested = [t for t in tests.values() if not math.isnan(t.analysis.p)]
+    wilcoxon = sum(
+        t.analysis.comparison is not None and t.analysis.comparison.test == "wilcoxon"
+        for t in tested
+    )
+    rejected = sum(t.reject for t in tested)
     wilcoxon_floor = 2.0 / 2**trials if trials else math.nan
     items = [
         f"{trials} independent trials per configuration (seeded retraining and resampling). "
-        f"With so few, Shapiro-Wilk rarely rejects normality, and when it does, the Wilcoxon "
-        f"signed-rank test cannot give p below {wilcoxon_floor:.3g}.",
-        f"{len(tested)} paired tests are corrected together by Holm's procedure; the McNemar "
-        "tests compare conditions on the same examples within a trial and are not corrected.",
-        f"{flagged} undefended or defended model(s) showed gradient-masking symptoms in their "
-        "clean checks; their numbers carry flags and adaptive rows where an adaptive attacker "
-        "exists.",
+        f"With so few, Shapiro-Wilk has little power; where it rejected normality ({wilcoxon} of "
+        f"{len(tested)} tests) the Wilcoxon signed-rank test was used, which cannot give p below "
+        f"{wilcoxon_floor:.3g} with {trials} trials. More trials buy significance; the 'trials "
+        "for power 0.8' column says how many.",
+        f"{len(tested)} paired tests are corrected together by Holm's procedure ({rejected} "
+        "reject at family-wise 0.05); the McNemar tests compare conditions on the same examples "
+        "within a trial and are not corrected.",
+        f"{flagged} undefended model(s) and {len(defended)} defended model(s) showed "
+        "gradient-masking symptoms in their clean checks; their numbers carry flags, and "
+        "defenses with an adaptive attacker are judged by it.",
         "Perturbations are digital (added to the stored input); physical acquisition attacks, "
         "label noise and distribution shift are out of scope.",
         "Reference models are small and briefly trained; numbers describe these models, not a "
