@@ -5,6 +5,20 @@ from __future__ import annotations
 from medrobust.attacks.base import Attack, project
 from medrobust.attacks.gradient import FGSM, PGD
 from medrobust.attacks.jsma import JSMA
+from medrobust.attacks.poisoning import (
+    POISONINGS,
+    Backdoor,
+    BlipTrigger,
+    FeatureCollision,
+    LabelFlip,
+    PatchTrigger,
+    PoisonedData,
+    Poisoning,
+    TokenTrigger,
+    Trigger,
+    attack_success_rate,
+    poison_task,
+)
 from medrobust.attacks.text import EmbeddingFGSM, EmbeddingPGD, HotFlip
 from medrobust.registry import Registry
 
@@ -21,9 +35,21 @@ __all__ = [
     "FGSM",
     "JSMA",
     "PGD",
+    "POISONINGS",
     "Attack",
+    "Backdoor",
+    "BlipTrigger",
     "EmbeddingFGSM",
     "EmbeddingPGD",
+    "FeatureCollision",
     "HotFlip",
+    "LabelFlip",
+    "PatchTrigger",
+    "PoisonedData",
+    "Poisoning",
+    "TokenTrigger",
+    "Trigger",
+    "attack_success_rate",
+    "poison_task",
     "project",
 ]
