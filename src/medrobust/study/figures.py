@@ -969,6 +969,79 @@ def _shift_figure(task: str, records: list[Mapping[str, Any]]) -> FigureImage:
     return FigureImage(_slug("fnr_fpr_shift", task), title, caption, _png(figure))
 
 
+# --- 6. poisoning ------------------------------------------------------------------------------
+
+
+def poisoning_figures(poisoning: Sequence[Mapping[str, Any]]) -> list[FigureImage]:
+    """Attack success and clean accuracy against the poisoning rate, one line per model and
+    poisoning, with a 95% CI band, per task.
+
+    Args:
+        poisoning: Records of the report's poisoning table (``rate``, ``attack_success_rate_*``,
+            ``clean_accuracy_*``).
+
+    Returns:
+        One figure per task, named ``poisoning_<task>``.
+    """
+    images = []
+    for task, records in _by_task(poisoning).items():
+        lines: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+        for record in records:
+            if math.isfinite(_num(record, "rate")):
+                lines[(_text(record, "model"), _text(record, "poisoning"))].append(record)
+        if lines:
+            with _style():
+                images.append(_poisoning_figure(task, dict(sorted(lines.items())), records))
+    return _unique(images)
+
+
+def _poisoning_figure(
+    task: str,
+    lines: dict[tuple[str, str], list[Mapping[str, Any]]],
+    records: list[Mapping[str, Any]],
+) -> FigureImage:
+    figure = _new_figure(WIDTH, 4.4)
+    success, accuracy = figure.subplots(1, 2, sharex=True)
+    kinds: set[str] = set()
+    keys = list(lines)[:MAX_LINES]
+    for i, key in enumerate(keys):
+        points = sorted(lines[key], key=lambda r: _num(r, "rate"))
+        x = [100.0 * _num(r, "rate") for r in points]
+        for ax, field in ((success, "attack_success_rate"), (accuracy, "clean_accuracy")):
+            stats = [_stat(r, field, 100.0) for r in points]
+            kinds.update(s.kind for s in stats if math.isfinite(s.mean))
+            ax.plot(
+                x,
+                [s.mean for s in stats],
+                color=_colour(i),
+                marker=MARKERS[i % len(MARKERS)],
+                markersize=4,
+                linewidth=1.4,
+                label=f"{key[0]} + {key[1]}",
+            )
+            _band(ax, x, stats, _colour(i))
+    for ax, name in ((success, "Attack success (%)"), (accuracy, "Clean accuracy (%)")):
+        ax.set_xlabel("Poisoning rate (% of the training set)")
+        ax.set_ylabel(name)
+        ax.set_ylim(0, 105)
+        ax.grid(alpha=0.3)
+    success.set_title("Attack success on the test split")
+    accuracy.set_title("Clean accuracy of the poisoned model")
+    handles, labels = success.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False)
+    title = f"Poisoning: attack success and clean accuracy vs rate, {task}"
+    figure.suptitle(title)
+    caption = (
+        f"Left: share of triggered test inputs of {task} (backdoor) or of the source class "
+        "(targeted label flip) sent to the attacker's class; right: clean test accuracy of the "
+        "poisoned model. "
+        f"{_error_phrase(kinds, what='Bands')}"
+        + _trials_phrase(records)
+        + _cap_note(len(keys), len(lines), "model/poisoning lines", "first in alphabetical order")
+    )
+    return FigureImage(_slug("poisoning", task), title, caption, _png(figure))
+
+
 # --- all figures -------------------------------------------------------------------------------
 
 
@@ -991,5 +1064,6 @@ def build_figures(records: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[Fi
         *overhead_figures(records.get("overhead") or ()),
         *certified_accuracy_figures(records.get("certified") or ()),
         *clinical_shift_figures(records.get("clinical") or ()),
+        *poisoning_figures(records.get("poisoning") or ()),
     ]
     return _unique(images)

@@ -63,6 +63,7 @@ class Cell:
     defense_params: dict[str, Any] = field(default_factory=dict)
     adaptive: bool = False
     pretrained: bool = False
+    poisoning: dict[str, Any] | None = None
 
     @property
     def retrained(self) -> bool:
@@ -83,6 +84,8 @@ class Cell:
         ]
         if self.pretrained:
             parts.append("pretrained")
+        if self.poisoning is not None:
+            parts.append(self.poisoning)
         if self.retrained:
             parts += [self.defense, self.defense_params]
         return _hash(parts)
@@ -119,6 +122,8 @@ class Cell:
         payload.pop("device")
         if not self.pretrained:  # absent as before the field existed: earlier ids stay valid
             payload.pop("pretrained")
+        if self.poisoning is None:
+            payload.pop("poisoning")
         return _hash(payload)
 
     @property
@@ -131,6 +136,8 @@ class Cell:
             what += f" from {self.source['model_label']}"
         if self.adaptive:
             what += " adaptive"
+        if self.poisoning is not None:
+            what = f"{self.poisoning['label']} rate={self.poisoning['rate']:g}"
         model = self.model_label or self.model
         if self.defense is not None:
             model += f"+{self.defense_label}"
@@ -182,6 +189,32 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
                         )
                 for defense_fields in defended:
                     cells += _model_cells(spec, task.name, model, common, defense_fields)
+                for poisoning in spec.poisonings:
+                    if not (
+                        poisoning.applies_to(task.name)
+                        and poisoning.poisons(model.label, model.name)
+                    ):
+                        continue
+                    for rate in poisoning.rates:
+                        cells.append(
+                            Cell(
+                                **common,
+                                attack=None,
+                                norm=None,
+                                eps=None,
+                                attack_params={},
+                                attack_seed=derive_seed(
+                                    spec.seed, "poison", task.name, poisoning.label, rate, trial
+                                ),
+                                poisoning={
+                                    "name": poisoning.name,
+                                    "label": poisoning.label,
+                                    "params": poisoning.params_for(task.name, modality),
+                                    "rate": rate,
+                                    "detectors": list(poisoning.detectors),
+                                },
+                            )
+                        )
     return cells
 
 

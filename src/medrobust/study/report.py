@@ -35,6 +35,7 @@ from medrobust.study.figures import (
     certified_accuracy_figures,
     clinical_shift_figures,
     overhead_figures,
+    poisoning_figures,
 )
 from medrobust.study.page import (
     FIGURES_FOLDER,
@@ -46,6 +47,7 @@ from medrobust.study.page import (
     render_html,
     render_markdown,
 )
+from medrobust.study.poisoning import poisoning_tables
 from medrobust.study.store import ResultStore
 from medrobust.study.table import Table, summary_fields
 from medrobust.study.validation import HEADLINE, validation_summary
@@ -977,7 +979,9 @@ class StudyReport:
 
 def analyse(store: ResultStore) -> StudyReport:
     """Compute every table and test of the report from an open store."""
-    cells = store.cells()
+    stored = store.cells()
+    cells = [c for c in stored if not c.get("poisoning")]  # training-time attacks: own tables
+    poisoned, detection = poisoning_tables(stored)
     plain = undefended_cells(cells)
     tests = study_tests(cells, store)
     tables = {
@@ -990,6 +994,8 @@ def analyse(store: ResultStore) -> StudyReport:
         "overhead": overhead_table(cells),
         "certified": certification_table(cells),
         "significance": significance_table(tests),
+        "poisoning": poisoned,
+        "poisoning_detection": detection,
     }
     return StudyReport(
         store.study() or {},
@@ -1064,6 +1070,16 @@ def document(report: StudyReport) -> Document:
             if t["defenses"].rows or t["overhead"].rows
             else [],
         ),
+        Section(
+            "Training-time attacks",
+            [
+                t["poisoning"],
+                *poisoning_figures(t["poisoning"].records),
+                t["poisoning_detection"],
+            ]
+            if t["poisoning"].rows
+            else [],
+        ),
         Section("Statistical tests", [t["significance"]]),
         Section(
             "Attacked clinical texts (first trial)",
@@ -1089,6 +1105,8 @@ CSV_FILES = {
     "overhead": "overhead.csv",
     "certified": "certified.csv",
     "significance": "tests.csv",
+    "poisoning": "poisoning.csv",
+    "poisoning_detection": "poisoning_detection.csv",
 }
 
 

@@ -42,6 +42,7 @@ from medrobust.metrics import (
 from medrobust.models import TensorSplits, build_model, prepare_inputs
 from medrobust.models.text import decode, protected_token_ids
 from medrobust.study.plan import Cell, derive_seed, plan_cells
+from medrobust.study.poisoning import run_poisoning_cell
 from medrobust.study.spec import StudySpec
 from medrobust.study.store import CellResult, ExampleRow, ResultStore, TextSample
 from medrobust.training import FitConfig, fit, load_checkpoint, predict_logits
@@ -368,6 +369,9 @@ def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResu
     """
     parsed = [Cell(**c) for c in cells]
     first = parsed[0]
+    if first.poisoning is not None:
+        yield from (_run_poisoning(cell) for cell in parsed)
+        return
     checkpoints = Path(output) / "checkpoints"
     task = load_task(first.task, seed=first.split_seed)
     model, inputs, train_seconds = train_or_load(first, task, checkpoints)
@@ -459,6 +463,31 @@ def run_provenance(task_names: Sequence[str], device: str) -> dict[str, Any]:
         "versions": versions,
         "data_files": data_files,
     }
+
+
+def _run_poisoning(cell: Cell) -> CellResult:
+    """A poisoning cell: its model is trained on the poisoned training split of its own."""
+    if cell.poisoning is None:
+        raise ConfigError(f"{cell.label} is not a poisoning cell.")
+    start = time.perf_counter()
+    metrics, train_seconds = run_poisoning_cell(
+        task_name=cell.task,
+        split_seed=cell.split_seed,
+        model=cell.model,
+        model_params=cell.model_params,
+        training=cell.training,
+        init_seed=cell.init_seed,
+        poisoning=cell.poisoning,
+        seed=cell.attack_seed,
+    )
+    return CellResult(
+        cell.cell_id,
+        cell.to_dict(),
+        metrics,
+        [],
+        train_seconds,
+        time.perf_counter() - start - train_seconds,
+    )
 
 
 def group_cells(cells: Sequence[Cell]) -> list[list[Cell]]:

@@ -65,22 +65,13 @@ from medrobust.data import get_task_spec
 from medrobust.defenses import DEFENSES
 from medrobust.errors import ConfigError, MedrobustError
 from medrobust.models import get_model_spec
+from medrobust.study.checks import check_keys as _check_keys
+from medrobust.study.checks import expect as _expect
+from medrobust.study.poisoning import PoisoningEntry, check_poisoning, parse_poisoning
 from medrobust.training import FitConfig
 from medrobust.types import UNBOUNDED, Domain, TaskKind
 
 MAX_CELLS = 100_000
-
-
-def _check_keys(where: str, given: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(given) - allowed)
-    if unknown:
-        raise ConfigError(f"Unknown key(s) {unknown} in {where}. Allowed keys: {sorted(allowed)}.")
-
-
-def _expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ConfigError(f"{where} must be {what}. Got {value!r} instead.")
-    return value
 
 
 @dataclass(frozen=True)
@@ -238,10 +229,11 @@ class StudySpec:
     output: str = "medrobust-results"
     defenses: tuple[DefenseEntry, ...] = ()
     intended_use: str = ""
+    poisonings: tuple[PoisoningEntry, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (stored with the results)."""
-        return {
+        form: dict[str, Any] = {
             "name": self.name,
             "trials": self.trials,
             "seed": self.seed,
@@ -270,6 +262,9 @@ class StudySpec:
             ],
             "defenses": [d.to_dict() for d in self.defenses],
         }
+        if self.poisonings:  # absent otherwise, so that earlier stores keep their identity
+            form["poisonings"] = [p.to_dict() for p in self.poisonings]
+        return form
 
 
 def _parse_training(where: str, raw: Any, kind: TaskKind) -> FitConfig:
@@ -482,7 +477,7 @@ def _check_defense(where: str, defense: DefenseEntry, tasks: tuple[TaskEntry, ..
 def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     """Validate a config mapping (as read from TOML/YAML) into a :class:`StudySpec`."""
     raw = _expect("The config", raw, dict, "a table")
-    _check_keys("the config", raw, {"study", "tasks", "attacks", "defenses"})
+    _check_keys("the config", raw, {"study", "tasks", "attacks", "defenses", "poisonings"})
     study = dict(_expect("[study]", raw.get("study", {}), dict, "a table"))
     _check_keys(
         "[study]",
@@ -530,6 +525,21 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         )
     for i, defense in enumerate(defenses):
         _check_defense(f"defenses[{i}]", defense, tasks)
+    poisonings_raw = _expect(
+        "poisonings", raw.get("poisonings", []), list, "a list of [[poisonings]] tables"
+    )
+    poisonings = tuple(parse_poisoning(f"poisonings[{i}]", p) for i, p in enumerate(poisonings_raw))
+    poisoning_labels = [p.label for p in poisonings]
+    if len(set(poisoning_labels)) != len(poisoning_labels):
+        raise ConfigError(
+            "Each poisoning of a study needs its own label; give repeated poisonings a 'label'. "
+            f"Got labels {poisoning_labels}."
+        )
+    study_models = [
+        (t.name, [m.label for m in t.models] + [m.name for m in t.models]) for t in tasks
+    ]
+    for i, poisoning in enumerate(poisonings):
+        check_poisoning(f"poisonings[{i}]", poisoning, study_models)
     spec = StudySpec(
         name=str(study.get("name", "study")),
         trials=trials,
@@ -543,6 +553,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         intended_use=_expect(
             "study.intended_use", study.get("intended_use", ""), str, "a text (one paragraph)"
         ).strip(),
+        poisonings=poisonings,
     )
     from medrobust.study.plan import plan_cells  # local: plan imports this module
 
