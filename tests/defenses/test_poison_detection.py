@@ -305,3 +305,17 @@ def test_detectors_find_a_backdoor_and_removal_disarms_it(backdoor: Backdoor) ->
     # Measured at seed 0: success 0.98 -> 0.17 (one poison left), clean accuracy 0.81 -> 0.85.
     assert success_after <= success - 0.5
     assert accuracy_after >= accuracy - 0.05
+
+
+def test_activation_clustering_survives_degenerate_features() -> None:
+    """A class whose representation is nearly one point in most directions (dead units, a
+    collapsed class) breaks ICA's whitening; the detector falls back to PCA and still separates
+    a planted cluster."""
+    rng = np.random.default_rng(0)
+    features = np.zeros((60, 12))
+    features[:, 0] = rng.normal(0.0, 1.0, 60)
+    features[:6, 0] += 12.0  # a small planted cluster
+    features[:, 1:] = 1e-12 * rng.normal(size=(60, 11))  # all but one direction collapsed
+    found = ActivationClustering(n_components=10).detect(features, np.zeros(60, dtype=int), seed=0)
+    assert np.isfinite(found.scores).all()
+    assert found.flagged[:6].all() and not found.flagged[6:].any()

@@ -356,6 +356,9 @@ class SpectralSignature(PoisonDetector):
         return flagged, scores, ClassReport(label, count, remove, threshold)
 
 
+COLLAPSED = 1e-6  # relative spread below which a feature direction counts as collapsed
+
+
 class ActivationClustering(PoisonDetector):
     """Activation clustering (Chen et al. 2018, "Detecting backdoor attacks on deep neural
     networks by activation clustering").
@@ -424,7 +427,10 @@ class ActivationClustering(PoisonDetector):
 
     def _reduce(self, features: np.ndarray, seed: int) -> np.ndarray:
         centred = features - features.mean(axis=0, keepdims=True)
-        rank = int(np.linalg.matrix_rank(centred))
+        spread = np.linalg.svd(centred, compute_uv=False)
+        # Directions with a millionth of the main spread are collapsed (dead units, rounding):
+        # whitening would blow their noise up to unit variance and cluster on it.
+        rank = int((spread > spread[0] * COLLAPSED).sum()) if spread.size and spread[0] > 0 else 1
         components = max(1, min(int(self.n_components), rank))
         if self.method == "pca":
             projected: np.ndarray = PCA(n_components=components, random_state=seed).fit_transform(
@@ -441,7 +447,18 @@ class ActivationClustering(PoisonDetector):
         )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            reduced: np.ndarray = ica.fit_transform(features)
+            try:
+                reduced: np.ndarray = ica.fit_transform(features)
+            except ValueError:  # whitening of near-degenerate features gives NaN inside sklearn
+                reduced = np.full((len(features), components), np.nan)
+        if not np.isfinite(reduced).all():
+            # Features whose spread collapses in some direction (a dead unit, a class the model
+            # maps almost to a point) break ICA's whitening: PCA separates the same clusters.
+            logger.info("FastICA failed on degenerate features; reducing with PCA instead")
+            fallback: np.ndarray = PCA(n_components=components, random_state=seed).fit_transform(
+                features
+            )
+            return fallback
         for warning in caught:
             if issubclass(warning.category, ConvergenceWarning):
                 # Unconverged components still separate clusters, the only use made of them;
