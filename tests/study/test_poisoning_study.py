@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from medrobust.errors import ConfigError, UnknownNameError
-from medrobust.study import ResultStore, parse_spec, plan_cells, run_study, write_report
+from medrobust.study import (
+    ResultStore,
+    load_spec,
+    parse_spec,
+    plan_cells,
+    run_study,
+    write_report,
+)
 
 
 def poisoning_config(**poisoning: Any) -> dict[str, Any]:
@@ -93,10 +100,17 @@ def test_a_backdoor_study_measures_success_accuracy_and_detection(
     ],
 )
 def test_bad_poisoning_configs_fail_before_any_training(
-    data_env: Path, poisoning: dict[str, Any], error: type[Exception], message: str
+    data_env: Path,
+    tmp_path: Path,
+    poisoning: dict[str, Any],
+    error: type[Exception],
+    message: str,
 ) -> None:
+    # Parsing checks what needs no data; the runner checks the rest once the files are located,
+    # before training anything.
     with pytest.raises(error, match=message):
-        parse_spec(poisoning_config(**poisoning))
+        run_study(parse_spec(poisoning_config(**poisoning)), output=tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_a_study_without_poisonings_keeps_its_identity(data_env: Path) -> None:
@@ -104,3 +118,10 @@ def test_a_study_without_poisonings_keeps_its_identity(data_env: Path) -> None:
     del raw["poisonings"]
     assert "poisonings" not in parse_spec(raw).to_dict()  # stores of earlier studies still open
     assert all(c.poisoning is None for c in plan_cells(parse_spec(raw)))
+
+
+def test_the_example_poisoning_config_is_valid() -> None:
+    spec = load_spec(Path(__file__).parents[2] / "examples" / "poisoning.toml")
+    poisoned = [c for c in plan_cells(spec) if c.poisoning is not None]
+    assert {c.task for c in poisoned} == {"breastmnist", "ecg5000", "medical_abstracts"}
+    assert len(poisoned) == 3 * (2 * 3) + 3  # backdoor: 3 tasks x 2 rates x 3 trials; flip: 3

@@ -227,9 +227,8 @@ def _default_target(task: Task) -> int:
 
 
 def check_poisoning(where: str, entry: PoisoningEntry, tasks: list[tuple[str, list[str]]]) -> None:
-    """Build the poisoning on each task it applies to and run it on a few training rows, so bad
-    parameters (a trigger larger than the input, a class that does not exist) fail before any
-    training. ``tasks`` are the study's (task name, model labels and names)."""
+    """The checks that need no data: the scope names tasks and models of the study, on tasks
+    the poisoning serves. ``tasks`` are the study's (task name, model labels and names)."""
     known = {name for name, _ in tasks}
     for task_name in entry.tasks:
         if task_name not in known:
@@ -247,28 +246,33 @@ def check_poisoning(where: str, entry: PoisoningEntry, tasks: list[tuple[str, li
                 f"{where}.models names {model!r}, which is no model of the study. "
                 f"Models: {sorted(models)}."
             )
-    for task_name, _ in tasks:
-        if not entry.applies_to(task_name):
-            continue
-        task = load_task(task_name)
-        modality = task.modality.value
-        for rate in entry.rates:
-            try:
-                poisoning = build_poisoning(
-                    entry.name, entry.params_for(task_name, modality), rate, task
-                )
-                poisoning(
-                    task.train.x,
-                    task.train.y,
-                    seed=0,
-                    num_classes=task.num_classes,
-                    domain=task.domain,
-                    modality=task.modality,
-                )
-            except TypeError as exc:
-                raise ConfigError(f"{where} on task {task_name!r}: {exc}") from exc
-            except MedrobustError as exc:
-                raise ConfigError(f"{where} on task {task_name!r}: {exc}") from exc
+
+
+def check_poisonings_on_data(entries: tuple[PoisoningEntry, ...], task_names: list[str]) -> None:
+    """Build each poisoning on each task it applies to and run it on the training split, so that
+    bad parameters (a trigger larger than the input, a class that does not exist) fail before
+    any training. Needs the data: the runner calls it once the files are located."""
+    for i, entry in enumerate(entries):
+        for task_name in task_names:
+            if not entry.applies_to(task_name):
+                continue
+            task = load_task(task_name)
+            modality = task.modality.value
+            for rate in entry.rates:
+                try:
+                    poisoning = build_poisoning(
+                        entry.name, entry.params_for(task_name, modality), rate, task
+                    )
+                    poisoning(
+                        task.train.x,
+                        task.train.y,
+                        seed=0,
+                        num_classes=task.num_classes,
+                        domain=task.domain,
+                        modality=task.modality,
+                    )
+                except (TypeError, MedrobustError) as exc:
+                    raise ConfigError(f"poisonings[{i}] on task {task_name!r}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from medrobust.metrics import (
 from medrobust.models import TensorSplits, build_model, prepare_inputs
 from medrobust.models.text import decode, protected_token_ids
 from medrobust.study.plan import Cell, derive_seed, plan_cells
-from medrobust.study.poisoning import run_poisoning_cell
+from medrobust.study.poisoning import check_poisonings_on_data, run_poisoning_cell
 from medrobust.study.spec import StudySpec
 from medrobust.study.store import CellResult, ExampleRow, ResultStore, TextSample
 from medrobust.training import FitConfig, fit, load_checkpoint, predict_logits
@@ -516,6 +516,7 @@ def run_study(
     """
     out = Path(output or spec.output)
     ensure_files([t.name for t in spec.tasks])
+    check_poisonings_on_data(spec.poisonings, [t.name for t in spec.tasks])
     cells = plan_cells(spec)
     # Where results go, the device and the declared intended use do not change the rows.
     identity = {
