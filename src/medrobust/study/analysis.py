@@ -88,7 +88,8 @@ class Outcomes:
 
 
 class OutcomeReader:
-    """Reads each cell's example rows from the store once."""
+    """Reads each cell's example rows from the store once, for every analysis that needs them
+    (worst case over attacks, the study's tests, the clinical error rates)."""
 
     def __init__(self, store: ResultStore):
         self._store = store
@@ -152,7 +153,7 @@ def _mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemarTest | None
 
 
 def study_tests(
-    cells: list[dict[str, Any]], store: ResultStore
+    cells: list[dict[str, Any]], read: Callable[[str], Outcomes]
 ) -> dict[tuple[Any, ...], StudyTest]:
     """Every paired comparison the report makes, keyed by ``(family, *configuration)``.
 
@@ -165,7 +166,6 @@ def study_tests(
     examples both conditions saw). Holm's correction runs over the study's whole family of
     paired tests, so a reviewer can read each adjusted p-value without counting the tests.
     """
-    read = OutcomeReader(store)
     twins = undefended_twins(cells)
     runs: dict[tuple[Any, ...], list[tuple[float, float, McNemarTest | None]]] = defaultdict(list)
     fields: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -262,7 +262,7 @@ ClinicalKey = tuple[str, str, str, str, str, float, bool, str, str]
 
 
 def clinical_runs(
-    cells: list[dict[str, Any]], store: ResultStore
+    cells: list[dict[str, Any]], read: Callable[[str], Outcomes]
 ) -> dict[ClinicalKey, list[dict[str, float]]]:
     """FNR and FPR before and after each attack, per trial, from the example rows.
 
@@ -272,7 +272,6 @@ def clinical_runs(
     row's "after" is the error rate after the defense; the shift is after minus before, paired
     per trial.
     """
-    read: Callable[[str], Outcomes] = OutcomeReader(store)
     runs: dict[ClinicalKey, list[dict[str, float]]] = defaultdict(list)
     for c in cells:
         if c["attack"] is None:

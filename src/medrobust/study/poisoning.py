@@ -333,11 +333,12 @@ def _train(
     return model
 
 
-def _detector(name: str, rate: float, poisoned_share: float) -> Any:
+def _detector(name: str, poisoned_share: float) -> Any:
+    """The detector ``name``; spectral signatures are told the poisoned share of the classes
+    they examine (see the module docstring)."""
     if name == "spectral_signature":
         expected = min(max(poisoned_share, 1e-3), 1.0 / REMOVAL_FACTOR - 1e-3)
         return SpectralSignature(expected_rate=expected, removal_factor=REMOVAL_FACTOR)
-    del rate
     return DETECTORS.get(name)()
 
 
@@ -386,7 +387,7 @@ def run_poisoning_cell(
     share = float(result.poisoned[in_classes].mean()) if in_classes.any() else 0.0
     features = penultimate_features(victim, inputs.x["train"])
     for name in poisoning["detectors"]:
-        detection: Detection = _detector(str(name), float(poisoning["rate"]), share).detect(
+        detection: Detection = _detector(str(name), share).detect(
             features, labels, seed=seed, classes=classes
         )
         found = detection_metrics(detection.flagged, result.poisoned)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from medrobust.defenses import DEFENSES
 from medrobust.stats import Summary, analyze_paired, one_way_anova, summarize
 from medrobust.study.analysis import (
     UNDEFENDED,
+    OutcomeReader,
+    Outcomes,
     StudyTest,
     attack_label,
     attack_name,
@@ -290,7 +293,7 @@ def transfer_matrices(cells: list[dict[str, Any]]) -> list[Table]:
     return tables
 
 
-def worst_case_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
+def worst_case_table(cells: list[dict[str, Any]], read: Callable[[str], Outcomes]) -> Table:
     """Robust accuracy under the per-example worst case over the attacks at each budget.
 
     An example counts as robust only if every attack at that norm and eps left it correctly
@@ -310,9 +313,10 @@ def worst_case_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
         for runs in trials.values():
             robust: dict[int, bool] = {}
             for cell in runs:
-                for row in store.examples(cell["cell_id"]):
-                    ok = row.adv_pred == row.label
-                    robust[row.example] = robust.get(row.example, True) and ok
+                outcome = read(cell["cell_id"])
+                correct = outcome.adv_pred == outcome.label
+                for example, ok in zip(outcome.example.tolist(), correct.tolist(), strict=True):
+                    robust[example] = robust.get(example, True) and ok
             worst.append(sum(robust.values()) / len(robust))
             best_single.append(min(c["metrics"]["adv_accuracy"] for c in runs))
         w, b = rate_summary(worst), rate_summary(best_single)
@@ -903,13 +907,13 @@ def significance_table(tests: dict[tuple[Any, ...], StudyTest]) -> Table:
 CLINICAL_RATES = ("fnr_before", "fnr_after", "fnr_shift", "fpr_before", "fpr_after", "fpr_shift")
 
 
-def clinical_table(cells: list[dict[str, Any]], store: ResultStore) -> Table:
+def clinical_table(cells: list[dict[str, Any]], read: Callable[[str], Outcomes]) -> Table:
     """False-negative and false-positive rates before and after each attack, for the undefended
     model and each defense, with the shift (after - before, paired per trial), mean ± SD [95%
     CI] over trials: for the task's declared positive class, and for each class one-vs-rest on
     multi-class tasks. A missed disease (FNR up) and a false alarm (FPR up) cost differently; a
     reader weighs them here rather than in the accuracy."""
-    runs = clinical_runs(cells, store)
+    runs = clinical_runs(cells, read)
     rows, records = [], []
     for key, values in sorted(runs.items(), key=lambda kv: tuple(str(p) for p in kv[0])):
         task, model, defense, attack, norm, eps, targeted, evaluation, name = key
@@ -983,12 +987,13 @@ def analyse(store: ResultStore) -> StudyReport:
     cells = [c for c in stored if not c.get("poisoning")]  # training-time attacks: own tables
     poisoned, detection = poisoning_tables(stored)
     plain = undefended_cells(cells)
-    tests = study_tests(cells, store)
+    read = OutcomeReader(store)
+    tests = study_tests(cells, read)
     tables = {
         "clean": clean_table(plain),
         "attacks": attack_table(plain),
-        "worst_case": worst_case_table(plain, store),
-        "clinical": clinical_table(cells, store),
+        "worst_case": worst_case_table(plain, read),
+        "clinical": clinical_table(cells, read),
         "defenses": defense_table(cells),
         "defense_anova": defense_anova_table(cells),
         "overhead": overhead_table(cells),

@@ -474,6 +474,15 @@ def _check_defense(where: str, defense: DefenseEntry, tasks: tuple[TaskEntry, ..
             raise ConfigError(f"{where} on task {task.name!r}: {exc}") from exc
 
 
+def _check_unique_labels(kind: str, labels: list[str]) -> None:
+    """Each defense (poisoning) of a study names its rows by its label: labels must differ."""
+    if len(set(labels)) != len(labels):
+        raise ConfigError(
+            f"Each {kind} of a study needs its own label; give repeated {kind}s a 'label'. "
+            f"Got labels {labels}."
+        )
+
+
 def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     """Validate a config mapping (as read from TOML/YAML) into a :class:`StudySpec`."""
     raw = _expect("The config", raw, dict, "a table")
@@ -517,24 +526,14 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         "defenses", raw.get("defenses", []), list, "a list of [[defenses]] tables"
     )
     defenses = tuple(_parse_defense(f"defenses[{i}]", d) for i, d in enumerate(defenses_raw))
-    defense_labels = [d.label for d in defenses]
-    if len(set(defense_labels)) != len(defense_labels):
-        raise ConfigError(
-            "Each defense of a study needs its own label; give repeated defenses a 'label'. "
-            f"Got labels {defense_labels}."
-        )
+    _check_unique_labels("defense", [d.label for d in defenses])
     for i, defense in enumerate(defenses):
         _check_defense(f"defenses[{i}]", defense, tasks)
     poisonings_raw = _expect(
         "poisonings", raw.get("poisonings", []), list, "a list of [[poisonings]] tables"
     )
     poisonings = tuple(parse_poisoning(f"poisonings[{i}]", p) for i, p in enumerate(poisonings_raw))
-    poisoning_labels = [p.label for p in poisonings]
-    if len(set(poisoning_labels)) != len(poisoning_labels):
-        raise ConfigError(
-            "Each poisoning of a study needs its own label; give repeated poisonings a 'label'. "
-            f"Got labels {poisoning_labels}."
-        )
+    _check_unique_labels("poisoning", [p.label for p in poisonings])
     study_models = [
         (t.name, [m.label for m in t.models] + [m.name for m in t.models]) for t in tasks
     ]
