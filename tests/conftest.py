@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
 
 from medrobust.data import Task, load_task
 from medrobust.models import HuggingFaceClassifier, TensorSplits, build_model, prepare_inputs
 from medrobust.training import FitConfig, FitResult, fit
+from tests import fuzz
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,6 +38,21 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     del config
     torch.set_num_threads(1)
+
+
+# Fuzz cases are derandomized (the same cases on every run, so CI is reproducible) and keep no
+# example database in the clone; tests choose their own number of examples.
+settings.register_profile("medrobust", derandomize=True, database=None, deadline=None)
+settings.load_profile("medrobust")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fuzz tests' case counts and outcome classes (see tests/fuzz.py)."""
+    lines = fuzz.summary_lines()
+    if lines:
+        terminalreporter.section("fuzz cases and their outcomes")
+        for line in lines:
+            terminalreporter.line(line)
 
 
 def real_data_dir() -> Path | None:

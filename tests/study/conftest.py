@@ -7,6 +7,9 @@ from typing import Any
 
 import pytest
 
+from medrobust.study import ResultStore, parse_spec, run_study
+from tests.conftest import real_data_dir
+
 
 @pytest.fixture
 def data_env(real_data: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
@@ -52,3 +55,23 @@ def small_config(**study: Any) -> dict[str, Any]:
             },
         ],
     }
+
+
+@pytest.fixture(scope="session")
+def reference_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Any], list[Any]]:
+    """Rows of one uninterrupted run of :func:`small_config`, in this process (one thread):
+    what a resumed, killed or distributed run of the same config must reproduce."""
+    folder = tmp_path_factory.mktemp("reference")
+    env = pytest.MonkeyPatch()
+    data = real_data_dir()
+    if data is None:
+        pytest.skip("no offline data folder (set MEDROBUST_DATA)")
+    env.setenv("MEDROBUST_DATA", str(data))
+    env.setenv("MEDROBUST_CACHE", str(folder / "cache"))
+    env.setenv("MEDROBUST_OFFLINE", "1")
+    try:
+        store = run_study(parse_spec(small_config()), output=folder / "out")
+    finally:
+        env.undo()
+    with ResultStore(store) as results:
+        return results.result_rows()

@@ -20,31 +20,11 @@ from medrobust.attacks.masking import MASKING_CHECKS
 from medrobust.cli import main
 from medrobust.errors import DataNotFoundError, StoreError
 from medrobust.study import ResultStore, load_spec, parse_spec, plan_cells, run_study, write_report
-from tests.conftest import real_data_dir
 from tests.study.conftest import small_config
 
 
 class _Interrupt(Exception):
     pass
-
-
-@pytest.fixture(scope="module")
-def reference_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list]:
-    """Rows of one uninterrupted run of the small study."""
-    folder = tmp_path_factory.mktemp("reference")
-    env = pytest.MonkeyPatch()
-    data = real_data_dir()
-    if data is None:
-        pytest.skip("no offline data folder (set MEDROBUST_DATA)")
-    env.setenv("MEDROBUST_DATA", str(data))
-    env.setenv("MEDROBUST_CACHE", str(folder / "cache"))
-    env.setenv("MEDROBUST_OFFLINE", "1")
-    try:
-        store = run_study(parse_spec(small_config()), output=folder / "out")
-    finally:
-        env.undo()
-    with ResultStore(store) as results:
-        return results.result_rows()
 
 
 def test_same_config_and_seed_give_identical_rows(

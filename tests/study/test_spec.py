@@ -135,7 +135,7 @@ def test_duplicate_task_and_huge_grid_are_refused() -> None:
         parse_spec(raw)
     huge = small_config(trials=2000)
     huge["attacks"][0]["eps"] = {"all": [i / 1000 for i in range(100)]}
-    with pytest.raises(ConfigError, match=r"cells, more than the limit"):
+    with pytest.raises(ConfigError, match=r"cells each\), more than the limit"):
         parse_spec(huge)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,3 +21,18 @@ def expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> 
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"{where} must be {what}. Got {value!r} instead.")
     return value
+
+
+def check_finite(where: str, value: Any) -> None:
+    """Refuse NaN and infinities anywhere in ``value`` (TOML and YAML can write them): no setting
+    of a study is infinite, and the config is stored with the results as plain JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(
+            f"{where} is {value!r}; a config takes finite numbers only (no nan or inf)."
+        )
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            check_finite(f"{where}.{key}", child)
+    elif isinstance(value, list | tuple):
+        for index, child in enumerate(value):
+            check_finite(f"{where}[{index}]", child)

@@ -16,7 +16,9 @@ audit): it is built, not trained, and a defense that retrains fine-tunes a copy 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -160,12 +162,25 @@ def _model_fields(spec: StudySpec, task: str, model: ModelEntry, trial: int) -> 
 
 def plan_cells(spec: StudySpec) -> list[Cell]:
     """All cells of a study, in a deterministic order grouped by trained model."""
-    cells: list[Cell] = []
+    return list(_iter_cells(spec, range(spec.trials)))
+
+
+def count_cells(spec: StudySpec, *, limit: int) -> int:
+    """The number of cells of ``spec`` without planning them all: every trial has the same cells
+    (only their seeds differ), so this plans the first trial and multiplies. A first trial of
+    more than ``limit`` cells stops counting there and returns ``limit + 1`` times the trials,
+    so a huge grid is refused in the time it takes to plan ``limit`` cells."""
+    per_trial = sum(1 for _ in itertools.islice(_iter_cells(spec, range(1)), limit + 1))
+    return per_trial * spec.trials
+
+
+def _iter_cells(spec: StudySpec, trials: range) -> Iterator[Cell]:
+    """The cells of ``trials``, in plan order."""
     for task in spec.tasks:
         task_spec = get_task_spec(task.name)
         modality = task_spec.modality.value
         for model in task.models:
-            for trial in range(spec.trials):
+            for trial in trials:
                 split_seed = derive_seed(spec.seed, "split", task.name, trial)
                 if not task_spec.resplits:
                     split_seed = 0
@@ -188,7 +203,7 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
                             }
                         )
                 for defense_fields in defended:
-                    cells += _model_cells(spec, task.name, model, common, defense_fields)
+                    yield from _model_cells(spec, task.name, model, common, defense_fields)
                 for poisoning in spec.poisonings:
                     if not (
                         poisoning.applies_to(task.name)
@@ -196,7 +211,7 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
                     ):
                         continue
                     for rate in poisoning.rates:
-                        cells.append(
+                        yield (
                             Cell(
                                 **common,
                                 attack=None,
@@ -215,7 +230,6 @@ def plan_cells(spec: StudySpec) -> list[Cell]:
                                 },
                             )
                         )
-    return cells
 
 
 def _model_cells(
@@ -224,7 +238,7 @@ def _model_cells(
     model: ModelEntry,
     common: dict[str, Any],
     defense_fields: dict[str, Any],
-) -> list[Cell]:
+) -> Iterator[Cell]:
     """The clean and attack cells of one trained (possibly defended) model in one trial."""
     task_spec = get_task_spec(task_name)
     modality = task_spec.modality.value
@@ -233,17 +247,15 @@ def _model_cells(
     adaptive_modes = [False]
     if entry is not None and DEFENSES.get(entry.name).adaptive_attack is not None:
         adaptive_modes = [False, True]
-    cells = [
-        Cell(
-            **common,
-            **defense_fields,
-            attack=None,
-            norm=None,
-            eps=None,
-            attack_params={},
-            attack_seed=0,
-        )
-    ]
+    yield Cell(
+        **common,
+        **defense_fields,
+        attack=None,
+        norm=None,
+        eps=None,
+        attack_params={},
+        attack_seed=0,
+    )
     for attack in spec.attacks:
         if not attack_modalities_ok(attack, modality):
             continue
@@ -273,7 +285,7 @@ def _model_cells(
                 )
                 # The surrogate of a transfer attack is undefended: nothing to adapt to.
                 for adaptive in adaptive_modes if source is None else [False]:
-                    cells.append(
+                    yield (
                         Cell(
                             **common,
                             **defense_fields,
@@ -288,4 +300,3 @@ def _model_cells(
                             adaptive=adaptive,
                         )
                     )
-    return cells

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -65,6 +65,7 @@ from medrobust.data import get_task_spec
 from medrobust.defenses import DEFENSES
 from medrobust.errors import ConfigError, MedrobustError
 from medrobust.models import get_model_spec
+from medrobust.study.checks import check_finite
 from medrobust.study.checks import check_keys as _check_keys
 from medrobust.study.checks import expect as _expect
 from medrobust.study.poisoning import PoisoningEntry, check_poisoning, parse_poisoning
@@ -215,6 +216,121 @@ class DefenseEntry:
         }
 
 
+EXECUTORS = ("local", "ray")
+EXECUTION_KEYS = ("executor", "address", "retries", "resources")
+"""The keys of ``[study]`` that say how a study runs, not what it computes: they stay out of the
+store's identity, so a study started locally can be resumed on a cluster and vice versa."""
+MAX_RETRIES = 100
+
+
+def _check_resource(where: str, value: Any, *, gpu: bool) -> float:
+    """A number of CPUs (> 0) or GPUs (>= 0) that Ray accepts: GPUs are whole or a share of one
+    GPU below 1; fractions go down to Ray's precision of 0.0001."""
+    what = "a whole number or a fraction below 1 (a share of one GPU)" if gpu else "a number > 0"
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value >= 0 if gpu else value > 0)
+        and (value == 0 or value >= 0.0001)
+        and (not gpu or value < 1 or float(value).is_integer())
+    )
+    if not ok:
+        raise ConfigError(f"{where} must be {what}. Got {value!r} instead.")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class GroupResources:
+    """What one cell group (a trained model and the cells that evaluate it) asks of a Ray worker.
+
+    Attributes:
+        cpus: CPU cores (Ray's ``num_cpus``); the group's torch threads are their whole part (at
+            least 1). A fraction below 1 packs several groups onto one core.
+        gpus: GPUs (Ray's ``num_gpus``); a fraction below 1 shares one GPU between groups.
+    """
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_resource("The 'cpus' of a cell group", self.cpus, gpu=False)
+        _check_resource("The 'gpus' of a cell group", self.gpus, gpu=True)
+
+    @property
+    def threads(self) -> int:
+        """torch's intra-op threads for a group with these resources."""
+        return max(1, math.floor(self.cpus))
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain dict form."""
+        return {"cpus": self.cpus, "gpus": self.gpus}
+
+
+@dataclass(frozen=True)
+class ExecutionSpec:
+    """How a study runs (the ``[study]`` keys ``executor``, ``address``, ``retries`` and the
+    ``[study.resources]`` table). None of it changes the rows a study stores.
+
+    Attributes:
+        executor: ``"local"`` runs the cell groups one after another in this process; ``"ray"``
+            runs each group as a Ray task (``pip install "medrobust[distributed]"``).
+        address: the Ray cluster to connect to (``"auto"``, ``"host:6379"``,
+            ``"ray://host:10001"``); ``None`` starts a Ray instance on this machine.
+        retries: how often Ray retries a cell group whose worker died or that raised an
+            unexpected error; a medrobust error (a config or data problem) is never retried.
+        resources: what each cell group asks of a worker.
+        task_resources: task name -> the resources of its cell groups, in place of
+            ``resources``.
+    """
+
+    executor: str = "local"
+    address: str | None = None
+    retries: int = 2
+    resources: GroupResources = field(default_factory=GroupResources)
+    task_resources: Mapping[str, GroupResources] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ConfigError(
+                f"study.executor must be one of {list(EXECUTORS)}. Got {self.executor!r} instead."
+            )
+        if self.address is not None and (not isinstance(self.address, str) or not self.address):
+            raise ConfigError(
+                "study.address must be a Ray address such as 'auto' or 'ray://host:10001'. "
+                f"Got {self.address!r} instead."
+            )
+        retries = self.retries
+        if isinstance(retries, bool) or not isinstance(retries, int):
+            raise ConfigError(
+                f"study.retries must be an integer from 0 to {MAX_RETRIES}. Got {retries!r} instead."
+            )
+        if not 0 <= retries <= MAX_RETRIES:
+            raise ConfigError(
+                f"study.retries must be an integer from 0 to {MAX_RETRIES}. Got {retries} instead."
+            )
+
+    def resources_for(self, task: str) -> GroupResources:
+        """The resources of the cell groups of ``task``."""
+        return self.task_resources.get(task, self.resources)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings that differ from the defaults, as ``[study]`` keys (empty by default)."""
+        form: dict[str, Any] = {}
+        if self.executor != "local":
+            form["executor"] = self.executor
+        if self.address is not None:
+            form["address"] = self.address
+        if self.retries != 2:
+            form["retries"] = self.retries
+        if self.resources != GroupResources() or self.task_resources:
+            form["resources"] = {
+                **self.resources.to_dict(),
+                "tasks": {name: r.to_dict() for name, r in self.task_resources.items()},
+            }
+        return form
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """A validated study configuration."""
@@ -230,9 +346,11 @@ class StudySpec:
     defenses: tuple[DefenseEntry, ...] = ()
     intended_use: str = ""
     poisonings: tuple[PoisoningEntry, ...] = ()
+    execution: ExecutionSpec = field(default_factory=ExecutionSpec)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable form (stored with the results)."""
+        """A JSON-serialisable form (stored with the results). The execution settings
+        (:data:`EXECUTION_KEYS`) appear only where they differ from the defaults."""
         form: dict[str, Any] = {
             "name": self.name,
             "trials": self.trials,
@@ -264,6 +382,7 @@ class StudySpec:
         }
         if self.poisonings:  # absent otherwise, so that earlier stores keep their identity
             form["poisonings"] = [p.to_dict() for p in self.poisonings]
+        form.update(self.execution.to_dict())  # nothing by default, for the same reason
         return form
 
 
@@ -291,7 +410,10 @@ def _parse_model(where: str, raw: Any, task_training: Any, kind: TaskKind) -> Mo
     if kind not in spec.kinds:
         raise ConfigError(f"{where}: the model {name!r} does not serve {kind.value} tasks.")
     params = dict(_expect(f"{where}.params", raw.get("params", {}), dict, "a table"))
-    training = {**dict(task_training or {}), **dict(raw.get("training", {}))}
+    training = {
+        **_expect(f"{where} training", task_training or {}, dict, "a table of training settings"),
+        **_expect(f"{where}.training", raw.get("training", {}), dict, "a table of settings"),
+    }
     share = _parse_share(f"{where}.train_share", raw.get("train_share"))
     label = _expect(f"{where}.label", raw.get("label", ""), str, "a string")
     pretrained = _expect(f"{where}.pretrained", raw.get("pretrained", False), bool, "true or false")
@@ -483,15 +605,75 @@ def _check_unique_labels(kind: str, labels: list[str]) -> None:
         )
 
 
+def _parse_resources(where: str, raw: Mapping[str, Any], base: GroupResources) -> GroupResources:
+    """``cpus`` and ``gpus`` of ``raw``; a key it leaves out keeps its value in ``base``."""
+    cpus = _check_resource(f"{where}.cpus", raw.get("cpus", base.cpus), gpu=False)
+    gpus = _check_resource(f"{where}.gpus", raw.get("gpus", base.gpus), gpu=True)
+    return GroupResources(cpus, gpus)
+
+
+def _parse_execution(study: Mapping[str, Any], task_names: Sequence[str]) -> ExecutionSpec:
+    """The execution settings of ``[study]`` (see :class:`ExecutionSpec`)."""
+    executor = _expect("study.executor", study.get("executor", "local"), str, "'local' or 'ray'")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"study.executor must be 'local' or 'ray'. Got {executor!r} instead.")
+    address = study.get("address")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ConfigError(
+            "study.address must be a Ray address such as 'auto', 'host:6379' or "
+            f"'ray://host:10001'. Got {address!r} instead."
+        )
+    what = f"an integer from 0 to {MAX_RETRIES}"
+    retries = _expect("study.retries", study.get("retries", 2), int, what)
+    if not 0 <= retries <= MAX_RETRIES:
+        raise ConfigError(f"study.retries must be {what}. Got {retries} instead.")
+    raw = _expect(
+        "study.resources", study.get("resources", {}), dict, "a table with 'cpus', 'gpus', 'tasks'"
+    )
+    _check_keys("[study.resources]", raw, {"cpus", "gpus", "tasks"})
+    resources = _parse_resources("study.resources", raw, GroupResources())
+    tasks_raw = _expect(
+        "study.resources.tasks",
+        raw.get("tasks", {}),
+        dict,
+        "a table of [study.resources.tasks.<task name>] tables",
+    )
+    task_resources: dict[str, GroupResources] = {}
+    for name, entry in tasks_raw.items():
+        where = f"study.resources.tasks.{name}"
+        if name not in task_names:
+            raise ConfigError(
+                f"{where} names {name!r}, which the study does not run. "
+                f"Tasks: {sorted(task_names)}."
+            )
+        entry = _expect(where, entry, dict, "a table with 'cpus' and/or 'gpus'")
+        _check_keys(f"[{where}]", entry, {"cpus", "gpus"})
+        task_resources[name] = _parse_resources(where, entry, resources)
+    return ExecutionSpec(
+        executor, None if address is None else address.strip(), retries, resources, task_resources
+    )
+
+
 def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     """Validate a config mapping (as read from TOML/YAML) into a :class:`StudySpec`."""
     raw = _expect("The config", raw, dict, "a table")
     _check_keys("the config", raw, {"study", "tasks", "attacks", "defenses", "poisonings"})
+    for key, value in raw.items():
+        check_finite(key, value)
     study = dict(_expect("[study]", raw.get("study", {}), dict, "a table"))
     _check_keys(
         "[study]",
         study,
-        {"name", "trials", "seed", "max_attack_examples", "device", "output", "intended_use"},
+        {
+            "name",
+            "trials",
+            "seed",
+            "max_attack_examples",
+            "device",
+            "output",
+            "intended_use",
+            *EXECUTION_KEYS,
+        },
     )
     trials = _expect("study.trials", study.get("trials", 5), int, "an integer >= 1")
     seed = _expect("study.seed", study.get("seed", 0), int, "an integer >= 0")
@@ -513,6 +695,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"Each task may appear once in a study. Got {names}.")
+    execution = _parse_execution(study, names)
     attacks_raw = _expect("attacks", raw.get("attacks", []), list, "a list of [[attacks]] tables")
     attacks = tuple(_parse_attack(f"attacks[{i}]", a) for i, a in enumerate(attacks_raw))
     for i, attack in enumerate(attacks):
@@ -553,15 +736,26 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
             "study.intended_use", study.get("intended_use", ""), str, "a text (one paragraph)"
         ).strip(),
         poisonings=poisonings,
+        execution=execution,
     )
-    from medrobust.study.plan import plan_cells  # local: plan imports this module
+    from medrobust.study.plan import count_cells, plan_cells  # local: plan imports this module
 
-    count = len(plan_cells(spec))
+    count = count_cells(spec, limit=MAX_CELLS)
     if count > MAX_CELLS:
         raise ConfigError(
-            f"The study has {count} cells, more than the limit of {MAX_CELLS}. "
-            "Reduce trials, eps values, models or tasks."
+            f"The study has about {count:,} cells ({trials:,} trials of "
+            f"{count // trials:,}{'+' if count // trials > MAX_CELLS else ''} cells each), more "
+            f"than the limit of {MAX_CELLS:,}; nothing was computed. Reduce trials, eps values, "
+            "attacks, defenses, models or tasks."
         )
+    seen: set[str] = set()
+    for cell in plan_cells(spec):
+        if cell.cell_id in seen:
+            raise ConfigError(
+                f"The cell {cell.label!r} appears twice in the study: an attack, eps value or "
+                "poisoning rate is listed more than once. List each configuration once."
+            )
+        seen.add(cell.cell_id)
     return spec
 
 
