@@ -47,11 +47,16 @@ settings.load_profile("medrobust")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The fuzz tests' case counts and outcome classes (see tests/fuzz.py)."""
+    """The fuzz tests' case counts and outcome classes, and the notes of the crash tests (see
+    tests/fuzz.py)."""
     lines = fuzz.summary_lines()
     if lines:
         terminalreporter.section("fuzz cases and their outcomes")
         for line in lines:
+            terminalreporter.line(line)
+    for section, notes in fuzz.NOTES.items():
+        terminalreporter.section(section)
+        for line in notes:
             terminalreporter.line(line)
 
 

@@ -16,6 +16,7 @@ from medrobust.errors import MedrobustError
 
 ACCEPTED = "accepted"
 OUTCOMES: Counter[tuple[str, str]] = Counter()
+NOTES: dict[str, list[str]] = {}
 
 T = TypeVar("T")
 
@@ -23,6 +24,12 @@ T = TypeVar("T")
 def record(family: str, outcome: str) -> None:
     """Count one fuzz case of ``family`` that ended in ``outcome``."""
     OUTCOMES[(family, outcome)] += 1
+
+
+def note(section: str, line: str) -> None:
+    """A line for the session summary of a robustness test that is no fuzz case (e.g. where a
+    kill landed and what resuming gave)."""
+    NOTES.setdefault(section, []).append(line)
 
 
 def outcome(family: str, call: Callable[[], T]) -> tuple[str, T | None]:

@@ -1,10 +1,16 @@
 """Atomic file writes: a temporary file in the same folder, renamed over the final name, so that a
-crash never leaves a half-written file under the final name."""
+crash never leaves a half-written file under the final name.
+
+A temporary file is named ``.<final name>.<pid>.<random>.tmp`` after the process that writes it,
+so that :func:`remove_stale_temporaries` can delete those of processes that were killed mid-write
+and leave those of running ones alone.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +25,9 @@ def write_atomically(dest: Path, writer: Callable[[IO[bytes]], object]) -> None:
         writer: fills the binary file handle it is given.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent
+    )
     try:
         with os.fdopen(fd, "wb") as handle:
             writer(handle)
@@ -39,3 +47,31 @@ def write_text_atomically(dest: Path, text: str) -> None:
 def write_bytes_atomically(dest: Path, data: bytes) -> None:
     """Create the binary file ``dest`` atomically."""
     write_atomically(dest, lambda handle: handle.write(data))
+
+
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>[0-9]+)\.[a-z0-9_]+\.tmp$")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that :func:`write_atomically` left in ``folder`` and below
+    when its process was killed mid-write (those of running processes stay); returns them."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.rglob(".*.tmp"):
+        match = _TEMPORARY.match(path.name)
+        if match and path.is_file() and not _running(int(match["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed

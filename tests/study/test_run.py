@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from medrobust.attacks.masking import MASKING_CHECKS
 from medrobust.cli import main
@@ -141,43 +135,6 @@ def test_an_interrupted_study_resumes_without_losing_cells(
     assert runs[0]["versions"]["torch"] == torch.__version__
     files = {f["path"]: f["checksum"] for f in runs[1]["data_files"]}
     assert files["medmnist/breastmnist.npz"].startswith(("md5:", "sha256:"))
-
-
-def test_a_killed_study_resumes_with_the_rows_of_an_uninterrupted_run(
-    data_env: Path, tmp_path: Path, reference_rows: tuple[list, list]
-) -> None:
-    config = tmp_path / "small.yaml"
-    config.write_text(yaml.safe_dump(small_config()))
-    out = tmp_path / "out"
-    store = out / "results.sqlite"
-    command = [sys.executable, "-m", "medrobust.cli", "study", str(config), "--output", str(out)]
-    process = subprocess.Popen(  # one thread, as in this process: identical float reductions
-        [*command, "--quiet"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.monotonic() + 120
-    finished = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        if store.exists():
-            with sqlite3.connect(store) as conn:
-                try:
-                    finished = conn.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
-                except sqlite3.OperationalError:
-                    finished = 0
-            if finished >= 3:
-                break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert finished >= 3, "the study did not get far enough to be killed"
-    with ResultStore(store) as results:
-        partial = len(results.done_ids())
-    assert partial < len(plan_cells(parse_spec(small_config())))
-    assert main(["study", str(config), "--output", str(out), "--quiet"]) == 0
-    with ResultStore(store) as results:
-        assert results.result_rows() == reference_rows
 
 
 def test_tabular_study_runs_with_no_data_folder_and_no_network(

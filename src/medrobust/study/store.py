@@ -125,8 +125,13 @@ class ResultStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         existed = self.path.exists() and self.path.stat().st_size > 0
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder; a results store is a file.")
         try:
             self._conn = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path} cannot be opened as a results store: {exc}") from exc
+        try:
             if existed:
                 app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
                 if app_id != APPLICATION_ID:
@@ -134,14 +139,29 @@ class ResultStore:
                         f"{self.path} is not a medrobust results store; refusing to touch it. "
                         "Choose another output folder."
                     )
+                # Damage inside the file (a torn copy, a bad disk) is found now, not mid-study.
+                problems = [r[0] for r in self._conn.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise StoreError(
+                        f"{self.path} is a damaged results store ({'; '.join(problems)}); it was "
+                        "left as it is. Restore it from a copy, or choose another output folder."
+                    )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             if not existed:
                 self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             self._conn.executescript(_SCHEMA)
+        except StoreError:
+            self._conn.close()
+            raise
         except sqlite3.DatabaseError as exc:
+            self._conn.close()
             raise StoreError(f"{self.path} is corrupt or not a SQLite file: {exc}") from exc
-        self._check_meta(study)
+        try:
+            self._check_meta(study)
+        except BaseException:
+            self._conn.close()
+            raise
 
     def _check_meta(self, study: dict[str, Any] | None) -> None:
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
@@ -166,7 +186,13 @@ class ResultStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(
+                f"{self.path} cannot be written ({exc}): is another study writing to this "
+                "output folder? Wait for it to finish, or choose another output folder."
+            ) from exc
         try:
             yield self._conn
         except BaseException:
