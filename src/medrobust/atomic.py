@@ -16,6 +16,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from medrobust.errors import ConfigError
+
+
+def output_folder(path: str | Path, *, create: bool = True) -> Path:
+    """``path`` as a folder to write results into: refused (before anything is written) if it
+    names an existing file, or is empty or holds a NUL byte; created if absent and ``create``."""
+    text = str(path)
+    if not text.strip() or "\x00" in text:
+        raise ConfigError(f"The output folder {text!r} is no valid path.")
+    folder = Path(text)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(
+            f"The output folder {text!r} is an existing file; give a folder (it is created if "
+            "absent)."
+        )
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
 
 def write_atomically(dest: Path, writer: Callable[[IO[bytes]], object]) -> None:
     """Create ``dest`` atomically: ``writer(handle)`` fills a temporary file that is renamed.

@@ -21,7 +21,9 @@ from statsmodels.stats.multitest import multipletests
 
 from medrobust.cli import main
 from medrobust.study import ResultStore, write_report
+from medrobust.study.page import Document, Preformatted, render_markdown
 from medrobust.study.store import CellResult, ExampleRow, TextSample
+from medrobust.study.table import Table
 
 NAMES = ["malignant <script>alert('class')</script>", "benign"]
 EVIL_TEXT = "<img src=x onerror=alert(1)> patient"
@@ -182,6 +184,19 @@ def test_report_escapes_strings_from_data(synthetic: tuple[Path, list[dict[str, 
     html = (folder / "report.html").read_text()
     assert "<script" not in html and "<img src=x" not in html
     assert "&lt;script&gt;alert(" in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    markdown = (folder / "report.md").read_text()  # Markdown viewers may render raw HTML
+    assert "<script" not in markdown and "<img src=x" not in markdown
+    assert "&lt;script&gt;alert(" in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
+
+
+def test_strings_from_data_cannot_break_tables_fences_or_spreadsheets() -> None:
+    table = Table(
+        "t <b>", ("model", "x"), [("a|b\nc\x1b[2J", "1")], [{"model": "=HYPERLINK(1)", "x": -1}]
+    )
+    assert "| a\\|b c[2J | 1 |" in table.markdown() and "t &lt;b&gt;" in table.markdown()
+    assert table.csv().splitlines()[1] == "'=HYPERLINK(1),-1"  # a formula is text; -1 a number
+    fenced = render_markdown(Document("d", [Preformatted("```\n<script>")], []))
+    assert "````\n```\n<script>\n````" in fenced  # the fence outlasts the text's backticks
 
 
 def test_report_files_are_complete(synthetic: tuple[Path, list[dict[str, Any]]]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import jinja2
 
 from medrobust.study.figures import FigureImage
-from medrobust.study.table import Table
+from medrobust.study.table import Table, markdown_text
 
 
 @dataclass(frozen=True)
@@ -99,39 +99,51 @@ FIGURES_FOLDER = "figures"
 
 
 def _markdown_change(change: Change) -> str:
+    text = markdown_text(change.text)
     if change.kind == "removed":
-        return f"~~{change.text}~~"
+        return f"~~{text}~~"
     if change.kind == "inserted":
-        return f"**{change.text}**"
-    return change.text
+        return f"**{text}**"
+    return text
+
+
+def _fenced(text: str) -> str:
+    """``text`` in a code fence longer than any run of backticks inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}\n"
 
 
 def _markdown_block(block: Block) -> str:
+    """One block as Markdown. Every string may come from a dataset or a config (clinical text,
+    labels, the intended use), so each is escaped: no HTML of its own reaches a viewer."""
     if isinstance(block, Paragraph):
-        return block.text + "\n"
+        return markdown_text(block.text) + "\n"
     if isinstance(block, Heading):
-        return f"### {block.text}\n"
+        return f"### {markdown_text(block.text)}\n"
     if isinstance(block, Preformatted):
-        return f"```\n{block.text}\n```\n"
+        return _fenced(block.text)
     if isinstance(block, Bullets):
-        return "\n".join(f"- {item}" for item in block.items) + "\n"
+        return "\n".join(f"- {markdown_text(item)}" for item in block.items) + "\n"
     if isinstance(block, Table):
         return block.markdown()
     if isinstance(block, FigureImage):
+        title = markdown_text(block.title)
         return (
-            f"![{block.title}]({FIGURES_FOLDER}/{block.name}.png)\n\n"
-            f"*{block.title}.* {block.caption}\n"
+            f"![{title}]({FIGURES_FOLDER}/{block.name}.png)\n\n"
+            f"*{title}.* {markdown_text(block.caption)}\n"
         )
     words = " ".join(_markdown_change(change) for change in block.changes)
-    return f"- {block.heading} ({block.verdict}): {words}\n"
+    return f"- {markdown_text(block.heading)} ({markdown_text(block.verdict)}): {words}\n"
 
 
 def render_markdown(document: Document) -> str:
     """GitHub-flavoured Markdown; figures link to ``figures/<name>.png``."""
-    parts = [f"# {document.title}\n", *(_markdown_block(b) for b in document.preamble)]
+    parts = [f"# {markdown_text(document.title)}\n"]
+    parts += [_markdown_block(b) for b in document.preamble]
     for section in document.sections:
         if section.blocks:
-            parts.append(f"## {section.title}\n")
+            parts.append(f"## {markdown_text(section.title)}\n")
             parts += [_markdown_block(block) for block in section.blocks]
     return "\n".join(parts)
 

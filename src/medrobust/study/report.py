@@ -6,6 +6,7 @@ The report only reads the store; it never trains or attacks.
 from __future__ import annotations
 
 import difflib
+import html
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medrobust.atomic import write_bytes_atomically, write_text_atomically
+from medrobust.atomic import output_folder, write_bytes_atomically, write_text_atomically
 from medrobust.attacks.masking import MASKING_CHECKS
 from medrobust.defenses import DEFENSES
 from medrobust.stats import Summary, analyze_paired, one_way_anova, summarize
@@ -1116,12 +1117,13 @@ CSV_FILES = {
 
 
 def headline_section(markdown: str) -> str:
-    """The headline results of a written ``report.md``, for printing after a run."""
+    """The headline results of a written ``report.md``, for printing after a run (as text: the
+    Markdown's HTML escapes undone; it holds no control characters)."""
     start = markdown.find(f"### {HEADLINE}")
     if start < 0:
         return ""
     end = markdown.find("\n### ", start + 4)
-    return markdown[start : end if end >= 0 else len(markdown)].strip()
+    return html.unescape(markdown[start : end if end >= 0 else len(markdown)].strip())
 
 
 def write_report(store_path: str | Path, output: str | Path | None = None) -> list[Path]:
@@ -1136,8 +1138,7 @@ def write_report(store_path: str | Path, output: str | Path | None = None) -> li
     Returns:
         The paths written, ``report.md`` first.
     """
-    out = Path(output) if output is not None else Path(store_path).parent
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(output if output is not None else Path(store_path).parent)
     with ResultStore(store_path) as store:
         report = analyse(store)
     doc = document(report)
