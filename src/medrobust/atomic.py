@@ -84,7 +84,7 @@ def _running(pid: int) -> bool:
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files that :func:`write_atomically` left in ``folder`` and below
     when its process was killed mid-write (those of running processes stay); returns them."""
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for path in folder.rglob(".*.tmp"):
