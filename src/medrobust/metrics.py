@@ -17,15 +17,40 @@ from sklearn.metrics import roc_auc_score
 from medrobust.errors import InputError
 
 
+def _check_logits(owner: str, logits: object) -> torch.Tensor:
+    if (
+        not isinstance(logits, torch.Tensor)
+        or logits.dim() != 2
+        or logits.shape[1] == 0
+        or not logits.is_floating_point()
+    ):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else None
+        raise InputError(
+            f"{owner} needs logits as a floating-point tensor of shape (N, K) with K >= 1. "
+            f"Got {type(logits).__name__} of shape {shape} instead."
+        )
+    return logits
+
+
 def predictions(logits: torch.Tensor) -> torch.Tensor:
-    """Class predictions from logits of shape (N, 1) (binary) or (N, K)."""
+    """Class predictions from logits of shape (N, 1) (binary) or (N, K).
+
+    Raises:
+        InputError: ``logits`` is not a floating-point tensor of shape (N, K) with K >= 1.
+    """
+    logits = _check_logits("predictions", logits)
     if logits.shape[1] == 1:
         return (logits[:, 0] > 0).long()
     return logits.argmax(dim=1)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Class probabilities, shape (N, K) with K >= 2 even for a one-logit binary model."""
+    """Class probabilities, shape (N, K) with K >= 2 even for a one-logit binary model.
+
+    Raises:
+        InputError: ``logits`` is not a floating-point tensor of shape (N, K) with K >= 1.
+    """
+    logits = _check_logits("probabilities", logits)
     if logits.shape[1] == 1:
         p1 = torch.sigmoid(logits[:, 0])
         return torch.stack([1 - p1, p1], dim=1)
@@ -123,8 +148,42 @@ def target_success_rate(
 
 
 def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per-example L-inf, L2 and L0 norms of ``x_adv - x``."""
-    delta = (x_adv.detach() - x.detach()).flatten(1).double().cpu()
+    """Per-example L-inf, L2 and L0 norms of ``x_adv - x``.
+
+    Shape:
+        x (N, ...), x_adv (N, ...) of the same shape, on one device -> (N,) float64 arrays (a
+        1-D x holds one number per example)
+
+    Raises:
+        InputError: ``x`` or ``x_adv`` is not a dense tensor of real numbers (not bool) with a
+            batch dimension holding values (meta tensors hold none), or their shapes or devices
+            differ.
+    """
+    for name, value in (("x", x), ("x_adv", x_adv)):
+        if (
+            not isinstance(value, torch.Tensor)
+            or value.dim() < 1
+            or value.is_complex()
+            or value.dtype == torch.bool
+            or value.is_meta
+            or value.layout != torch.strided
+        ):
+            what = (
+                f"{value.dtype} {value.layout} of shape {tuple(value.shape)} on {value.device}"
+                if isinstance(value, torch.Tensor)
+                else type(value).__name__
+            )
+            raise InputError(
+                f"perturbation_norms needs {name} as a dense real tensor of shape (N, ...). "
+                f"Got {what} instead."
+            )
+    if x.shape != x_adv.shape or x.device != x_adv.device:
+        raise InputError(
+            f"perturbation_norms needs x and x_adv of the same shape on one device. Got "
+            f"{tuple(x.shape)} on {x.device} and {tuple(x_adv.shape)} on {x_adv.device} instead."
+        )
+    delta = x_adv.detach() - x.detach()
+    delta = (delta.flatten(1) if delta.dim() > 1 else delta[:, None]).double().cpu()
     return {
         "linf": delta.abs().amax(dim=1).numpy(),
         "l2": delta.norm(dim=1).numpy(),
@@ -142,14 +201,40 @@ def certified_accuracy(
 
     Shape:
         radii (N,), correct (N,), radii_grid (R,) -> (R,)
+
+    Raises:
+        InputError: the arguments are not numbers (booleans for ``correct``), ``radii`` and
+            ``correct`` are not non-empty 1-D arrays of one length, a radius is NaN or negative,
+            or ``radii_grid`` is not a 1-D sequence of numbers without NaN.
     """
-    radius = np.asarray(torch.as_tensor(radii).detach().cpu(), dtype=np.float64)
-    right = np.asarray(torch.as_tensor(correct).detach().cpu()).astype(bool)
-    grid = np.asarray(radii_grid, dtype=np.float64)
+    try:
+        radius = np.asarray(torch.as_tensor(radii).detach().cpu(), dtype=np.float64)
+        truth = np.asarray(torch.as_tensor(correct).detach().cpu())
+        grid = np.asarray(radii_grid, dtype=np.float64)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+        raise InputError(
+            "certified_accuracy needs numbers: radii and radii_grid of floats, correct of "
+            f"booleans. Got {type(radii).__name__}, {type(correct).__name__} and "
+            f"{type(radii_grid).__name__} ({exc})."
+        ) from exc
+    if truth.dtype != np.bool_ and not (
+        np.issubdtype(truth.dtype, np.number) and np.isin(truth, (0, 1)).all()
+    ):
+        raise InputError(
+            "The 'correct' of certified_accuracy must hold booleans (or 0 and 1). "
+            f"Got dtype {truth.dtype} instead."
+        )
+    right = truth.astype(bool)
     if radius.ndim != 1 or right.shape != radius.shape or len(radius) == 0:
         raise InputError(
             "The 'radii' and 'correct' of certified_accuracy must be non-empty 1-D arrays of the "
             f"same length. Got shapes {radius.shape} and {right.shape} instead."
+        )
+    if np.isnan(radius).any() or (radius < 0).any():
+        raise InputError(
+            "The 'radii' of certified_accuracy must be radii >= 0 (inf allowed), not NaN. "
+            f"Got min {np.nanmin(radius) if not np.isnan(radius).all() else 'NaN'} and "
+            f"{int(np.isnan(radius).sum())} NaN instead."
         )
     if grid.ndim != 1 or np.isnan(grid).any():
         raise InputError(

@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from medrobust.attacks.base import check_forward_input, check_logits, check_module, run_model
+from medrobust.errors import ParameterError
 from medrobust.validation import check_number
 
 
@@ -35,10 +37,14 @@ class ExpectationOverTransformation(nn.Module):
 
     Shape:
         (N, ...) -> (N, K), like ``model``
+
+    Raises:
+        ParameterError: ``model`` is not an ``nn.Module`` or ``samples`` is not an integer >= 1.
     """
 
     def __init__(self, model: nn.Module, *, samples: int = 16):
         super().__init__()
+        check_module("ExpectationOverTransformation", model)
         check_number("ExpectationOverTransformation", "samples", samples, minimum=1, integer=True)
         self.model = model
         self.samples = samples
@@ -66,6 +72,12 @@ class BPDA(nn.Module):
 
     Shape:
         (N, ...) -> (N, K), like ``model``
+
+    Raises:
+        ParameterError: ``model`` is not an ``nn.Module``, or ``transform`` (or a given
+            ``approximation``) is not callable.
+        InputError: (forward) ``x`` is not a dense floating-point batch (N, ...) on the
+            model's device and in its dtype.
     """
 
     def __init__(
@@ -75,14 +87,25 @@ class BPDA(nn.Module):
         approximation: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         super().__init__()
+        check_module("BPDA", model)
+        for name, function in (("transform", transform), ("approximation", approximation)):
+            if function is not None and not callable(function):
+                raise ParameterError(
+                    f"The '{name}' parameter of BPDA must be a function of a tensor. "
+                    f"Got {type(function).__name__} instead."
+                )
+        if transform is None:
+            raise ParameterError("The 'transform' parameter of BPDA must be a function. Got None.")
         self.model = model
         self.transform = transform
         self.approximation = approximation
         self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_forward_input("BPDA", x, self.model)
         with torch.no_grad():
             transformed = self.transform(x.detach())
         smooth = x if self.approximation is None else self.approximation(x)
         # The value of ``transformed``, the gradient of ``smooth``.
-        return self.model(smooth + (transformed - smooth).detach())  # type: ignore[no-any-return]
+        logits = run_model("BPDA", self.model, smooth + (transformed - smooth).detach())
+        return check_logits("BPDA", logits, len(x), f"inputs of shape {tuple(x.shape)}")

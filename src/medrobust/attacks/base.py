@@ -21,6 +21,7 @@ Whatever the kind, :meth:`Attack.adversarial_logits` scores the result and
 from __future__ import annotations
 
 import abc
+import itertools
 import math
 from typing import Any, ClassVar, Literal, final
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medrobust.errors import InputError, ParameterError
+from medrobust.errors import InputError, MedrobustError, ParameterError
 from medrobust.metrics import perturbation_norms
 from medrobust.models.text import TextModel
 from medrobust.training import predict_logits
@@ -36,6 +37,195 @@ from medrobust.types import UNBOUNDED, Domain, Modality, Norm, ThreatModel
 from medrobust.validation import check_number
 
 _INTEGER_DTYPES = (torch.int64, torch.int32)
+# torch.Generator.manual_seed takes seeds up to 2**64 - 1.
+MAX_SEED = 2**64 - 1
+# What a model's forward raises on inputs it cannot eat (shape, dtype, index and unsupported
+# operations): reported as an InputError that names the inputs, with the model's error chained.
+MODEL_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError)
+
+
+def check_finite(
+    owner: str, name: str, value: Any, *, minimum: float, integer: bool = False
+) -> Any:
+    """``value`` if it is a finite number (an integer when ``integer``) >= ``minimum``.
+
+    Raises:
+        ParameterError: as :func:`~medrobust.validation.check_number`, and "The '<name>'
+            parameter of <owner> must be a finite number >= <minimum>. Got inf instead." for an
+            infinity (an infinite budget, step or memory bound overflows the arithmetic).
+    """
+    check_number(owner, name, value, minimum=minimum, integer=integer)
+    if not math.isfinite(value):
+        raise ParameterError(
+            f"The '{name}' parameter of {owner} must be a finite number >= {minimum}. "
+            f"Got {value!r} instead."
+        )
+    return value
+
+
+def check_flag(owner: str, name: str, value: Any) -> bool:
+    """``value`` as a bool if it is one (Python or NumPy); a ParameterError otherwise, so that
+    a string such as ``"false"`` is not silently read as True."""
+    if not isinstance(value, bool | np.bool_):
+        raise ParameterError(
+            f"The '{name}' parameter of {owner} must be True or False. Got {value!r} instead."
+        )
+    return bool(value)
+
+
+def check_module(owner: str, model: Any, name: str = "model") -> nn.Module:
+    """``model`` if it is an ``nn.Module``; a ParameterError otherwise (for a model given to
+    a constructor or a defense; a model given to an attack call is an input, see
+    :func:`model_placement`)."""
+    if not isinstance(model, nn.Module):
+        raise ParameterError(
+            f"The '{name}' parameter of {owner} must be a torch.nn.Module. "
+            f"Got {type(model).__name__} instead."
+        )
+    return model
+
+
+def check_tensor(owner: str, name: str, value: Any) -> torch.Tensor:
+    """``value`` if it is a dense torch tensor that holds values.
+
+    Raises:
+        InputError: ``value`` is not a ``torch.Tensor`` (NumPy arrays and lists included: convert
+            them with ``torch.as_tensor``), is sparse, or lives on the ``meta`` device, which
+            holds shapes but no values.
+    """
+    if not isinstance(value, torch.Tensor):
+        raise InputError(
+            f"{owner} needs {name} as a torch tensor. Got {type(value).__name__} instead."
+        )
+    if value.layout != torch.strided:
+        raise InputError(
+            f"{owner} needs {name} as a dense tensor. Got layout {value.layout} instead "
+            "(convert it with .to_dense())."
+        )
+    if value.is_meta:
+        raise InputError(
+            f"{owner} needs {name} with values. Got a tensor on the meta device, which holds none."
+        )
+    return value
+
+
+def check_labels(owner: str, name: str, labels: Any, n: int) -> torch.Tensor:
+    """``labels`` if they are a dense int64 or int32 tensor of shape ``(n,)``; an InputError
+    otherwise (their range needs the model: see :meth:`Attack._validate_labels`)."""
+    if not isinstance(labels, torch.Tensor):
+        raise InputError(f"{owner} needs {name} as a tensor. Got {type(labels).__name__}.")
+    check_tensor(owner, name, labels)
+    if labels.shape != (n,) or labels.dtype not in _INTEGER_DTYPES:
+        raise InputError(
+            f"{owner} needs integer {name} of shape ({n},). "
+            f"Got shape {tuple(labels.shape)} and dtype {labels.dtype} instead."
+        )
+    return labels
+
+
+def check_finite_inputs(owner: str, x: torch.Tensor, domain: Domain) -> None:
+    """An InputError if floating-point ``x`` holds NaN or Inf or leaves ``domain``."""
+    # One pass over the values: NaN propagates through the extremes, infinities show in them.
+    seen_low, seen_high = (float(v) for v in torch.aminmax(x.detach()))
+    if not (math.isfinite(seen_low) and math.isfinite(seen_high)):
+        raise InputError(f"{owner} got inputs with NaN or Inf values.")
+    if seen_low < domain.low or seen_high > domain.high:
+        raise InputError(f"{owner} got inputs outside the domain [{domain.low}, {domain.high}].")
+
+
+def model_placement(owner: str, model: Any) -> tuple[torch.device | None, torch.dtype | None]:
+    """The device and floating-point dtype of ``model``'s first parameter (or buffer); ``None``
+    for what a model without tensors does not fix.
+
+    Raises:
+        InputError: ``model`` is not an ``nn.Module``, or its tensors are on the meta device
+            (built without weights: load them before attacking or evaluating it).
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(
+            f"{owner} needs a torch.nn.Module model. Got {type(model).__name__} instead."
+        )
+    device: torch.device | None = None
+    dtype: torch.dtype | None = None
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if device is None:
+            device = tensor.device
+        if tensor.is_floating_point():
+            dtype = tensor.dtype
+            break
+    if device is not None and device.type == "meta":
+        raise InputError(
+            f"{owner} needs a model with weights. Got {type(model).__name__} with its tensors on "
+            "the meta device; load its weights first (e.g. to_empty() and load_state_dict())."
+        )
+    return device, dtype
+
+
+def check_model_dtype(owner: str, x: torch.Tensor, dtype: torch.dtype | None) -> None:
+    """An InputError if floating-point ``x`` is not in the model's floating-point ``dtype``.
+
+    Inputs are not cast: a silent cast would change float64 values the caller measures the
+    perturbation against (and lose precision both ways), so the caller casts, once.
+    """
+    if dtype is not None and x.dtype != dtype:
+        raise InputError(
+            f"{owner} needs inputs in the model's dtype {dtype}. Got dtype {x.dtype} instead "
+            f"(cast them with x.to({dtype}))."
+        )
+
+
+def run_model(
+    owner: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    what: str = "inputs",
+    shape: tuple[int, ...] | None = None,
+) -> Any:
+    """``model(x)``; what a model raises on inputs it cannot eat (:data:`MODEL_ERRORS`) becomes
+    an InputError that names the inputs and their ``shape`` (default ``x``'s), with the model's
+    error chained. Medrobust's own errors (from a wrapper inside) and running out of GPU memory
+    propagate as they are."""
+    try:
+        return model(x)
+    except (MedrobustError, torch.cuda.OutOfMemoryError):
+        raise
+    except MODEL_ERRORS as exc:
+        seen = tuple(x.shape) if shape is None else shape
+        raise InputError(
+            f"{owner} could not run the model on {what} of shape {seen}: {exc}"
+        ) from exc
+
+
+def check_logits(owner: str, logits: Any, n: int, inputs: str) -> torch.Tensor:
+    """``logits`` if they are a tensor of shape (n, K); an InputError that names the ``inputs``
+    the model ran on otherwise (e.g. a model that keeps an extra dimension of its input)."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != n:
+        raise InputError(
+            f"{owner} needs a model that returns logits of shape (N, K). Got "
+            f"{tuple(getattr(logits, 'shape', ()))} for {inputs}."
+        )
+    return logits
+
+
+def check_forward_input(owner: str, value: Any, model: nn.Module) -> torch.Tensor:
+    """The checks of a wrapper module's ``forward`` that cost no pass over the values: ``x`` is
+    a dense floating-point batch (N, ...) on the wrapped model's device and in its dtype.
+    Values are not checked here (that would synchronise a GPU on every forward pass of an
+    attack); attacks and certificates check them once per call."""
+    x = check_tensor(owner, "x", value)
+    if not x.is_floating_point() or x.dim() < 2:
+        raise InputError(
+            f"{owner} needs a floating-point batch of shape (N, ...). Got dtype {x.dtype} and "
+            f"shape {tuple(x.shape)} instead."
+        )
+    device, dtype = model_placement(owner, model)
+    if device is not None and x.device != device:
+        raise InputError(
+            f"{owner} needs inputs on the model's device {device}. Got {x.device} instead."
+        )
+    check_model_dtype(owner, x, dtype)
+    return x
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
@@ -88,11 +278,17 @@ class Attack(abc.ABC):
 
     Args:
         norm: the perturbation norm.
-        eps: the radius of the perturbation ball.
-        domain: valid input range; the result is clipped into it.
+        eps: the radius of the perturbation ball, a finite number >= 0.
+        domain: valid input range (a :class:`~medrobust.types.Domain`); the result is clipped
+            into it.
         stop_when_adversarial: stop perturbing points once they are misclassified (saves
             compute in success-rate evaluation; it does not change which points succeed).
-        seed: seed of the attack's randomness (random starts).
+        seed: seed of the attack's randomness (random starts), an integer in [0, 2**64 - 1].
+
+    Raises:
+        ParameterError: a norm the attack does not support, a negative, NaN or infinite eps
+            (or one its ThreatModel refuses), a domain that is not a ``Domain``, a
+            non-boolean ``stop_when_adversarial`` or a seed outside [0, 2**64 - 1].
     """
 
     name: ClassVar[str] = "attack"
@@ -118,11 +314,25 @@ class Attack(abc.ABC):
                 f"The 'norm' parameter of {type(self).__name__} must be one of "
                 f"{[n.value for n in self.norms]}. Got {parsed.value!r} instead."
             )
-        check_number(type(self).__name__, "eps", eps, minimum=0)
-        check_number(type(self).__name__, "seed", seed, minimum=0, integer=True)
+        owner = type(self).__name__
+        check_finite(owner, "eps", eps, minimum=0)
+        check_number(owner, "seed", seed, minimum=0, integer=True)
+        if seed > MAX_SEED:
+            raise ParameterError(
+                f"The 'seed' parameter of {owner} must be an integer in [0, 2**64 - 1]. "
+                f"Got {seed!r} instead."
+            )
+        if not isinstance(domain, Domain):
+            raise ParameterError(
+                f"The 'domain' parameter of {owner} must be a medrobust.types.Domain, such as "
+                f"Domain(0.0, 1.0). Got {domain!r} instead."
+            )
         self.threat = ThreatModel(parsed, float(eps), domain)
-        self.stop_when_adversarial = bool(stop_when_adversarial)
-        self.seed = seed
+        self.stop_when_adversarial = check_flag(
+            owner, "stop_when_adversarial", stop_when_adversarial
+        )
+        # NumPy integers become ints: params() is JSON and torch's manual_seed takes ints only.
+        self.seed = int(seed)
 
     @property
     def eps(self) -> float:
@@ -148,8 +358,13 @@ class Attack(abc.ABC):
     ) -> None:
         """Checks that need no model: run before the model ever sees the inputs."""
         owner = type(self).__name__
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise InputError(f"{owner} needs torch tensors x and y. Got {type(x).__name__}.")
+        for name, value in (("x", x), ("y", y)):
+            if not isinstance(value, torch.Tensor):
+                suffix = "" if name == "x" else " for y"
+                raise InputError(
+                    f"{owner} needs torch tensors x and y. Got {type(value).__name__}{suffix}."
+                )
+            check_tensor(owner, name, value)
         if self.inputs == "tokens":
             if x.dtype != torch.int64:
                 raise InputError(
@@ -172,32 +387,19 @@ class Attack(abc.ABC):
                     f"Got shape {tuple(x.shape)}."
                 )
         for name, labels in (("labels", y), ("targets", target)):
-            if labels is None:
-                continue
-            if not isinstance(labels, torch.Tensor):
-                raise InputError(f"{owner} needs {name} as a tensor. Got {type(labels).__name__}.")
-            if labels.shape != (len(x),) or labels.dtype not in _INTEGER_DTYPES:
-                raise InputError(
-                    f"{owner} needs integer {name} of shape ({len(x)},). "
-                    f"Got shape {tuple(labels.shape)} and dtype {labels.dtype} instead."
-                )
+            if labels is not None:
+                check_labels(owner, name, labels, len(x))
         if self.inputs == "tokens":
             return  # ids are checked against the model's vocabulary in _validate_model
-        # One pass over the values: NaN propagates through the extremes, infinities show in them.
-        seen_low, seen_high = (float(v) for v in torch.aminmax(x))
-        if not (math.isfinite(seen_low) and math.isfinite(seen_high)):
-            raise InputError(f"{owner} got inputs with NaN or Inf values.")
-        domain = self.threat.domain
-        if seen_low < domain.low or seen_high > domain.high:
-            raise InputError(
-                f"{owner} got inputs outside the domain [{domain.low}, {domain.high}]."
-            )
+        check_finite_inputs(owner, x, self.threat.domain)
 
     def _validate_model(self, model: nn.Module, x: torch.Tensor) -> None:
-        """Checks of the inputs against the model: token ids must be a text model's ids."""
-        if self.inputs != "tokens":
-            return
+        """Checks of the inputs against the model: floats in the model's dtype; token ids
+        within a text model's vocabulary."""
         owner = type(self).__name__
+        if self.inputs != "tokens":
+            check_model_dtype(owner, x, model_placement(owner, model)[1])
+            return
         vocab = text_model(model, owner).vocab_size
         if bool(((x < 0) | (x >= vocab)).any()):
             raise InputError(
@@ -221,18 +423,9 @@ class Attack(abc.ABC):
     def _num_outputs(self, model: nn.Module, x: torch.Tensor) -> int:
         """The model's number of logits, from one example; inputs it cannot eat are an error."""
         owner = type(self).__name__
-        try:
-            with torch.no_grad():
-                logits = model(x[:1])
-        except (RuntimeError, ValueError, IndexError) as exc:
-            raise InputError(
-                f"{owner} could not run the model on inputs of shape {tuple(x.shape)}: {exc}"
-            ) from exc
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != 1:
-            raise InputError(
-                f"{owner} needs a model that returns logits of shape (N, K). Got "
-                f"{tuple(getattr(logits, 'shape', ()))} for one input of shape {tuple(x.shape)}."
-            )
+        with torch.no_grad():
+            logits = run_model(owner, model, x[:1], shape=tuple(x.shape))
+        check_logits(owner, logits, 1, f"one input of shape {tuple(x.shape)}")
         return int(logits.shape[1])
 
     @final
@@ -250,22 +443,29 @@ class Attack(abc.ABC):
             continuous: x (N, ...) float -> (N, ...) like x;
             token attacks: x (N, L) int64 ids -> (N, L) int64 ids;
             embedding attacks: x (N, L) int64 ids -> (N, L, dim) float embeddings.
-            y (N,) int64, target (N,) int64 or None.
+            y (N,) int64 or int32, target (N,) int64 or int32 or None.
+
+        The inputs may be on any device and need not be contiguous; they are moved to the
+        model's device and the result is returned on the device of ``x``. Floating-point inputs
+        must already be in the model's dtype (they are not cast; see
+        :func:`check_model_dtype`). The result never requires grad.
 
         Raises:
-            InputError: ``x`` is not a non-empty floating-point batch inside the domain and free
-                of NaN/Inf (continuous attacks) or not int64 ids of shape (N, L) within the
-                model's vocabulary (text attacks, whose model must be a ``TextModel``), the model
-                cannot run on it, or labels/targets are not integers of shape (N,) within the
-                model's classes.
+            InputError: ``x`` is not a non-empty floating-point batch in the model's dtype,
+                inside the domain and free of NaN/Inf (continuous attacks) or not int64 ids of
+                shape (N, L) within the model's vocabulary (text attacks, whose model must be a
+                ``TextModel``); ``x``, ``y`` or ``target`` is not a dense torch tensor with
+                values (NumPy arrays, lists, sparse and meta tensors are refused); the model is
+                not an ``nn.Module`` with weights or cannot run on ``x``; or labels/targets are
+                not integers of shape (N,) within the model's classes.
         """
         # Validate before the model runs, so that bad inputs fail with InputError and not with
         # whatever the first layer raises.
         self._validate_inputs(x, y, target)
+        device = model_placement(type(self).__name__, model)[0] or x.device
         was_training = model.training
         model.eval()
         try:
-            device = next(model.parameters()).device
             x_in = x.detach().to(device)
             self._validate_model(model, x_in)
             self._validate_labels(y, target, self._num_outputs(model, x_in))

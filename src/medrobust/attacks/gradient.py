@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, project
-from medrobust.errors import ParameterError
+from medrobust.attacks.base import MODEL_ERRORS, Attack, check_finite, check_flag, project
+from medrobust.errors import MedrobustError, ParameterError
 from medrobust.metrics import predictions
 from medrobust.training import classification_loss
 from medrobust.types import Norm
@@ -65,8 +65,8 @@ class IterativeSettings:
 
     Args:
         steps: gradient steps per restart.
-        step_size: step length; default ``2.5 * eps / steps``.
-        random_start: start from a uniform point of the ball.
+        step_size: step length, a finite number >= 0; default ``2.5 * eps / steps``.
+        random_start: start from a uniform point of the ball (True or False).
         restarts: independent random restarts; a point counts as broken if any restart breaks it.
         loss: ``"ce"`` (cross-entropy) or ``"margin"`` (the logit margin of Carlini & Wagner,
             which does not saturate on confidently classified points).
@@ -90,14 +90,16 @@ class IterativeSettings:
         check_number(owner, "steps", steps, minimum=1, integer=True)
         check_number(owner, "restarts", restarts, minimum=1, integer=True)
         if step_size is not None:
-            check_number(owner, "step_size", step_size, minimum=0)
-        if loss not in LOSSES:
+            check_finite(owner, "step_size", step_size, minimum=0)
+        if not isinstance(loss, str) or loss not in LOSSES:
             raise ParameterError(
                 f"The 'loss' parameter of {owner} must be one of {sorted(LOSSES)}. "
                 f"Got {loss!r} instead."
             )
-        self.steps, self.step_size, self.restarts = steps, step_size, restarts
-        self.random_start = bool(random_start)
+        # NumPy numbers become Python ones, equal in value: params() must be JSON.
+        self.steps, self.restarts = int(steps), int(restarts)
+        self.step_size = float(step_size) if step_size is not None else None
+        self.random_start = check_flag(owner, "random_start", random_start)
         self.loss = loss
 
     def _iterative_params(self) -> dict[str, Any]:
@@ -153,7 +155,9 @@ class _GradientAttack(Attack):
         try:
             with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
                 logits = model(x_var)
-        except (RuntimeError, ValueError, IndexError):
+        except (MedrobustError, torch.cuda.OutOfMemoryError):
+            raise
+        except MODEL_ERRORS:
             # The base class names the problem; if one input runs, _perturb meets it again.
             return super()._num_outputs(model, x)
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != len(x):

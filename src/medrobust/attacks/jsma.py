@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack
+from medrobust.attacks.base import Attack, check_finite, check_flag
 from medrobust.errors import ParameterError
 from medrobust.metrics import predictions
 from medrobust.types import Norm
@@ -62,7 +62,7 @@ class JSMA(Attack):
             ``beta < 0`` (False). ART's SaliencyMapMethod is a cruder single-feature heuristic:
             it ranks features by alpha alone and changes the top two per step.
         candidates: most features considered by the pair search (the most salient ones).
-        max_memory_mb: bound on the memory of the pair scores.
+        max_memory_mb: bound on the memory of the pair scores (a finite number >= 1).
         **kwargs: eps (fraction of features, in [0, 1]), norm (only "l0"), domain,
             stop_when_adversarial, seed (see :class:`Attack`).
 
@@ -94,10 +94,10 @@ class JSMA(Attack):
                 f"The 'theta' parameter of JSMA must be a non-zero number. Got {theta!r} instead."
             )
         check_number("JSMA", "candidates", candidates, minimum=2, integer=True)
-        check_number("JSMA", "max_memory_mb", max_memory_mb, minimum=1)
+        check_finite("JSMA", "max_memory_mb", max_memory_mb, minimum=1)
         self.theta = float(theta)
-        self.pairwise = bool(pairwise)
-        self.candidates = candidates
+        self.pairwise = check_flag("JSMA", "pairwise", pairwise)
+        self.candidates = int(candidates)
         self.max_memory_mb = float(max_memory_mb)
 
     def params(self) -> dict[str, Any]:

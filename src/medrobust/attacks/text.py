@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medrobust.attacks.base import Attack, project, text_model
+from medrobust.attacks.base import Attack, check_finite, project, text_model
 from medrobust.attacks.gradient import (
     IterativeSettings,
     _adversarial,
@@ -323,7 +323,7 @@ class HotFlip(Attack):
         check_number("HotFlip", "candidates", candidates, minimum=1, integer=True)
         if max_tokens is not None:
             check_number("HotFlip", "max_tokens", max_tokens, minimum=0, integer=True)
-        check_number("HotFlip", "max_memory_mb", max_memory_mb, minimum=1)
+        check_finite("HotFlip", "max_memory_mb", max_memory_mb, minimum=1)
         if (
             isinstance(special_ids, str | bytes)
             or not isinstance(special_ids, Sequence)
@@ -334,8 +334,8 @@ class HotFlip(Attack):
                 "The 'special_ids' parameter of HotFlip must be a sequence of integers >= 0. "
                 f"Got {special_ids!r} instead."
             )
-        self.candidates = candidates
-        self.max_tokens = max_tokens
+        self.candidates = int(candidates)
+        self.max_tokens = int(max_tokens) if max_tokens is not None else None
         self.special_ids = tuple(sorted(set(special_ids)))
         self.max_memory_mb = float(max_memory_mb)
 

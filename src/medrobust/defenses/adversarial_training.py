@@ -78,6 +78,18 @@ def _is_number(value: object) -> bool:
     )
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars, also inside lists, tuples and dicts, turned into the equal
+    Python numbers, so that :meth:`AdversarialTraining.params` is JSON."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 def input_quality(x: torch.Tensor, modality: Modality | str) -> torch.Tensor:
     """A per-example estimate of input quality (higher is better).
 
@@ -468,16 +480,16 @@ class AdversarialTraining(Defense):
                 f"The 'policy' parameter of {owner} must be one of {list(POLICIES)}. "
                 f"Got {policy!r} instead."
             )
-        self.eps = eps
+        self.eps = _plain(eps)
         self.attack = attack
         self.norm = norm
-        self.attack_params = attack_params
+        self.attack_params = _plain(attack_params)
         self.policy = policy
-        self.class_scale = class_scale
-        self.group_scale = group_scale
-        self.quality_bins = quality_bins
-        self.quality_low_scale = quality_low_scale
-        self.curriculum_epochs = curriculum_epochs
+        self.class_scale = _plain(class_scale)
+        self.group_scale = _plain(group_scale)
+        self.quality_bins = _plain(quality_bins)
+        self.quality_low_scale = _plain(quality_low_scale)
+        self.curriculum_epochs = _plain(curriculum_epochs)
         self._check_policy_params()
         self._check_attack_kind()
         self._prepared: EpsilonPolicy | None = None
@@ -865,7 +877,7 @@ class TRADES(AdversarialTraining):
                     f"The 'attack_params' parameter of {owner} takes 'steps' and 'step_size' "
                     f"only. Got {extra} instead."
                 )
-        self.beta = beta
+        self.beta: float = _plain(beta)
         super().__init__(**kwargs)
         if self._norm not in (Norm.LINF, Norm.L2):
             raise ParameterError(

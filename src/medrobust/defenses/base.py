@@ -19,6 +19,12 @@ so the report shows apparent and real robustness side by side.
 
 A defense stores its hyperparameters unchanged (keyword-only in ``__init__``, validated there),
 so ``repr`` and :meth:`Defense.params` identify it.
+
+Every entry point checks what it is given before any computation, with the checks the attacks
+use (:mod:`medrobust.attacks.base`): a model that is not an ``nn.Module`` or a task that is not a
+:class:`~medrobust.data.task.Task` raise :class:`~medrobust.errors.ParameterError`; tensors that
+cannot be what the task feeds its model raise :class:`~medrobust.errors.InputError` (see
+:func:`check_batch`). Inputs are never cast: floating-point inputs must be in the model's dtype.
 """
 
 from __future__ import annotations
@@ -32,11 +38,112 @@ import numpy as np
 import torch
 from torch import nn
 
+from medrobust.attacks.base import (
+    MAX_SEED,
+    check_finite_inputs,
+    check_labels,
+    check_logits,
+    check_model_dtype,
+    check_module,
+    check_tensor,
+    model_placement,
+    run_model,
+)
 from medrobust.data.task import Task
-from medrobust.errors import ParameterError
+from medrobust.errors import InputError, ParameterError
 from medrobust.models import TensorSplits, build_model
 from medrobust.training import Adversary, FitConfig, FitResult, fit, save_checkpoint
 from medrobust.types import Modality
+from medrobust.validation import check_number
+
+
+def check_task_value(owner: str, task: Any) -> Task:
+    """``task`` if it is a :class:`~medrobust.data.task.Task`; a ParameterError otherwise."""
+    if not isinstance(task, Task):
+        raise ParameterError(
+            f"The 'task' parameter of {owner} must be a medrobust Task (see "
+            f"medrobust.data.load_task). Got {type(task).__name__} instead."
+        )
+    return task
+
+
+def check_seed(owner: str, seed: Any) -> int:
+    """``seed`` if it is an integer in [0, 2**64 - 1]; a ParameterError otherwise."""
+    check_number(owner, "seed", seed, minimum=0, integer=True)
+    if seed > MAX_SEED:
+        raise ParameterError(
+            f"The 'seed' parameter of {owner} must be an integer in [0, 2**64 - 1]. "
+            f"Got {seed!r} instead."
+        )
+    return int(seed)
+
+
+def check_batch(
+    owner: str,
+    model: nn.Module,
+    task: Task,
+    x: Any,
+    y: Any,
+    *,
+    names: tuple[str, str] = ("x", "y"),
+) -> None:
+    """Check that ``x`` and ``y`` are a batch of ``task`` that ``model`` can classify.
+
+    ``x``: a non-empty dense tensor with values (on any device), for text int64 token ids of
+    shape (N, L) within the model's vocabulary (where the model has a ``vocab_size``), otherwise
+    floating-point inputs (N, ...) in the model's dtype, free of NaN/Inf and inside the task's
+    domain. ``y``: int64 or int32 labels of shape (N,) in [0, num_classes). The model must run on
+    one input and return logits of shape (1, K), K >= num_classes (or K = 1 for two classes).
+
+    Raises:
+        InputError: any of the above fails; the message names the tensor and what is allowed.
+    """
+    x_name, y_name = names
+    check_tensor(owner, x_name, x)
+    device, dtype = model_placement(owner, model)
+    if task.modality is Modality.TEXT:
+        if x.dtype != torch.int64 or x.dim() != 2 or len(x) == 0 or x.shape[1] == 0:
+            raise InputError(
+                f"{owner} needs {x_name} as a non-empty int64 tensor of token ids of shape "
+                f"(N, L). Got dtype {x.dtype} and shape {tuple(x.shape)} instead."
+            )
+        vocab = getattr(model, "vocab_size", None)
+        allowed = f"[0, {vocab - 1}]" if isinstance(vocab, int) else "[0, vocab_size)"
+        if bool((x < 0).any()) or (isinstance(vocab, int) and bool((x >= vocab).any())):
+            raise InputError(
+                f"{owner} got token ids in {x_name} outside {allowed} (min {int(x.min())}, "
+                f"max {int(x.max())})."
+            )
+    else:
+        if not x.is_floating_point() or x.dim() < 2 or len(x) == 0:
+            raise InputError(
+                f"{owner} needs {x_name} as a non-empty floating-point batch of shape (N, ...). "
+                f"Got dtype {x.dtype} and shape {tuple(x.shape)} instead."
+            )
+        check_model_dtype(owner, x, dtype)
+        check_finite_inputs(owner, x, task.domain)
+    check_labels(owner, y_name, y, len(x))
+    classes = task.num_classes
+    if bool(((y < 0) | (y >= classes)).any()):
+        raise InputError(
+            f"{owner} got {y_name} outside [0, {classes - 1}] for task {task.name!r} with "
+            f"{classes} classes (min {int(y.min())}, max {int(y.max())})."
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = run_model(
+                owner, model, x[:1].to(device or x.device), what=x_name, shape=tuple(x.shape)
+            )
+    finally:
+        model.train(was_training)
+    check_logits(owner, logits, 1, f"one input of shape {tuple(x.shape)}")
+    if max(int(logits.shape[1]), 2) < classes:
+        raise InputError(
+            f"{owner} needs a model with a logit per class of task {task.name!r} ({classes}). "
+            f"Got {int(logits.shape[1])} logit(s)."
+        )
 
 
 @dataclass(frozen=True)
@@ -123,13 +230,51 @@ class Defense(abc.ABC):
         checkpoint: Path | None = None,
     ) -> FitResult:
         """Train ``model`` in place with :func:`~medrobust.training.fit` and this defense's
-        hooks; write its state dict to ``checkpoint`` (atomically) if given."""
+        hooks; write its state dict to ``checkpoint`` (atomically) if given.
+
+        Raises:
+            ParameterError: ``model``, ``task``, ``data``, ``config`` or ``seed`` is of the wrong
+                kind, or the defense cannot serve ``task`` (checked first).
+            InputError: the training or validation tensors are not a batch of ``task`` that
+                ``model`` can classify (:func:`check_batch`), or ``data.groups`` has not one
+                entry per training example.
+        """
+        owner = f"{type(self).__name__}.fit"
+        check_module(owner, model)
+        check_task_value(owner, task)
+        self.check_task(task)
+        if not isinstance(data, TrainingData):
+            raise ParameterError(
+                f"The 'data' parameter of {owner} must be a TrainingData. "
+                f"Got {type(data).__name__} instead."
+            )
+        if not isinstance(config, FitConfig):
+            raise ParameterError(
+                f"The 'config' parameter of {owner} must be a FitConfig. "
+                f"Got {type(config).__name__} instead."
+            )
+        seed = check_seed(owner, seed)
+        check_batch(owner, model, task, data.x_train, data.y_train, names=("x_train", "y_train"))
+        check_batch(owner, model, task, data.x_val, data.y_val, names=("x_val", "y_val"))
+        groups = data.groups
+        if groups is not None and (
+            isinstance(groups, str | bytes)
+            or not hasattr(groups, "__len__")
+            or len(groups) != len(data.x_train)
+        ):
+            count = len(groups) if hasattr(groups, "__len__") else type(groups).__name__
+            raise InputError(
+                f"{owner} needs data.groups as None or one group per training example "
+                f"({len(data.x_train)}). Got {count} instead."
+            )
+        # Detached: training must not leave gradients on the caller's tensors; int32 labels
+        # become the int64 that the losses take.
         result = fit(
             self.training_module(model),
-            data.x_train,
-            data.y_train,
-            data.x_val,
-            data.y_val,
+            data.x_train.detach(),
+            data.y_train.long(),
+            data.x_val.detach(),
+            data.y_val.long(),
             config=config,
             seed=seed,
             adversary=self.adversary(task, data, seed=seed),
@@ -141,19 +286,55 @@ class Defense(abc.ABC):
         return result
 
     def wrap(self, model: nn.Module, task: Task) -> nn.Module:
-        """The module evaluated and attacked at inference: by default ``model`` itself."""
+        """The module evaluated and attacked at inference: by default ``model`` itself.
+
+        Raises:
+            ParameterError: ``model`` is not an ``nn.Module``, ``task`` not a Task, or the
+                defense cannot serve ``task``.
+        """
+        self._check_wrap(model, task)
         return model
 
+    def _check_wrap(self, model: Any, task: Any) -> None:
+        """The checks of :meth:`wrap`'s arguments, shared by every defense's ``wrap``."""
+        owner = f"{type(self).__name__}.wrap"
+        check_module(owner, model)
+        check_task_value(owner, task)
+        self.check_task(task)
+
     def adaptive(self, wrapped: nn.Module) -> nn.Module:
-        """The module the adaptive attacker differentiates: by default ``wrapped``."""
-        return wrapped
+        """The module the adaptive attacker differentiates: by default ``wrapped``.
+
+        Raises:
+            ParameterError: ``wrapped`` is not an ``nn.Module``.
+        """
+        return check_module(f"{type(self).__name__}.adaptive", wrapped, "wrapped")
 
     def certify(
         self, model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, *, seed: int
     ) -> dict[str, float]:
         """Certified accuracy at this defense's radii (metric name -> value); ``{}`` where it
-        certifies nothing. ``model`` is the trained, unwrapped model."""
+        certifies nothing. ``model`` is the trained, unwrapped model.
+
+        Raises:
+            ParameterError: ``model``, ``task`` or ``seed`` is of the wrong kind, or the
+                defense cannot serve ``task``.
+            InputError: ``x`` and ``y`` are not a batch of ``task`` that ``model`` can
+                classify (:func:`check_batch`), whether or not the defense certifies anything.
+        """
+        self._check_certify(model, task, x, y, seed)
         return {}
+
+    def _check_certify(self, model: Any, task: Any, x: Any, y: Any, seed: Any) -> int:
+        """The checks of :meth:`certify`'s arguments, shared by every defense's ``certify``;
+        returns the seed as an int."""
+        owner = f"{type(self).__name__}.certify"
+        check_module(owner, model)
+        check_task_value(owner, task)
+        self.check_task(task)
+        checked = check_seed(owner, seed)
+        check_batch(owner, model, task, x, y)
+        return checked
 
 
 def radius_metric(radius: float) -> str:

@@ -904,6 +904,7 @@ class LipschitzConstraint(Defense):
     def certify(
         self, model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, *, seed: int
     ) -> dict[str, float]:
+        self._check_certify(model, task, x, y, seed)
         bound = lipschitz_bound(model, tuple(x.shape[1:]))
         logits = predict_logits(model, x)
         radii = certified_radius(logits, bound)

@@ -27,6 +27,13 @@ import torch
 from torch import nn
 
 from medrobust.attacks.adaptive import BPDA, EOT
+from medrobust.attacks.base import (
+    check_finite,
+    check_forward_input,
+    check_logits,
+    check_module,
+    run_model,
+)
 from medrobust.data.task import Task
 from medrobust.defenses.base import Defense
 from medrobust.errors import ParameterError
@@ -45,19 +52,26 @@ class RandomizedActivations(nn.Module):
         model: the classifier; it must use ``nn.ReLU`` modules (the reference image, ECG 1D-CNN
             and tabular models do).
         draws: draws per layer as a multiple of its number of units (the paper uses about 1);
-            more draws keep more units (less randomness, less masking).
+            more draws keep more units (less randomness, less masking). A finite number > 0.
 
     Shape:
-        like ``model``
+        like ``model``; the input must be a floating-point batch (N, ...) on the model's device
+        and in its dtype (an InputError otherwise; values are not checked).
     """
 
     masks_gradients: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, *, draws: float = 1.0):
         super().__init__()
-        if isinstance(draws, bool) or not isinstance(draws, int | float) or not draws > 0:
+        check_module(type(self).__name__, model)
+        if (
+            isinstance(draws, bool)
+            or not isinstance(draws, int | float)
+            or not math.isfinite(draws)
+            or not draws > 0
+        ):
             raise ParameterError(
-                f"The 'draws' parameter of RandomizedActivations must be a number > 0. "
+                f"The 'draws' parameter of RandomizedActivations must be a finite number > 0. "
                 f"Got {draws!r} instead."
             )
         relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
@@ -86,9 +100,13 @@ class RandomizedActivations(nn.Module):
         return pruned.view_as(output)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_forward_input(type(self).__name__, x, self.model)
         self._active = True
         try:
-            return self.model(x)  # type: ignore[no-any-return]
+            logits = run_model(type(self).__name__, self.model, x)
+            return check_logits(
+                type(self).__name__, logits, len(x), f"inputs of shape {tuple(x.shape)}"
+            )
         finally:
             self._active = False
 
@@ -114,14 +132,21 @@ class QuantizedInput(nn.Module):
         levels: number of values each input feature can take, >= 2.
 
     Shape:
-        like ``model``
+        like ``model``; the input must be a floating-point batch (N, ...) on the model's device
+        and in its dtype (an InputError otherwise; values are not checked).
     """
 
     masks_gradients: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, domain: Domain, *, levels: int = 32):
         super().__init__()
+        check_module("QuantizedInput", model)
         check_number("QuantizedInput", "levels", levels, minimum=2, integer=True)
+        if not isinstance(domain, Domain):
+            raise ParameterError(
+                "The 'domain' parameter of QuantizedInput must be a medrobust.types.Domain. "
+                f"Got {type(domain).__name__} instead."
+            )
         if not (math.isfinite(domain.low) and math.isfinite(domain.high)):
             raise ParameterError(
                 "QuantizedInput needs a bounded domain (such as images in [0, 1]) to spread its "
@@ -139,7 +164,11 @@ class QuantizedInput(nn.Module):
         return torch.round((x - low) / width * steps) / steps * width + low
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.transform(x))  # type: ignore[no-any-return]
+        check_forward_input(type(self).__name__, x, self.model)
+        logits = run_model(type(self).__name__, self.model, self.transform(x))
+        return check_logits(
+            type(self).__name__, logits, len(x), f"inputs of shape {tuple(x.shape)}"
+        )
 
     def adaptive(self) -> nn.Module:
         """The model an adaptive attacker differentiates: BPDA with the identity backward."""
@@ -173,7 +202,7 @@ class StochasticActivationPruning(Defense):
     retrains = False
 
     def __init__(self, *, draws: float = 4.0, eot_samples: int = 16) -> None:
-        self.draws = float(check_number(type(self).__name__, "draws", draws, minimum=0.0))
+        self.draws = float(check_finite(type(self).__name__, "draws", draws, minimum=0.0))
         if not self.draws > 0:
             raise ParameterError(
                 f"The 'draws' parameter of {type(self).__name__} must be > 0. Got {draws!r}."
@@ -186,10 +215,11 @@ class StochasticActivationPruning(Defense):
         return {"draws": self.draws, "eot_samples": self.eot_samples}
 
     def wrap(self, model: nn.Module, task: Task) -> nn.Module:
+        self._check_wrap(model, task)
         return RandomizedActivations(model, draws=self.draws).eval()
 
     def adaptive(self, wrapped: nn.Module) -> nn.Module:
-        return EOT(wrapped, samples=self.eot_samples)
+        return EOT(super().adaptive(wrapped), samples=self.eot_samples)
 
 
 class InputQuantization(Defense):
@@ -220,6 +250,7 @@ class InputQuantization(Defense):
         return {"levels": self.levels}
 
     def wrap(self, model: nn.Module, task: Task) -> nn.Module:
+        self._check_wrap(model, task)
         return QuantizedInput(model, task.domain, levels=self.levels).eval()
 
     def adaptive(self, wrapped: nn.Module) -> nn.Module:

@@ -30,11 +30,21 @@ from scipy.stats import beta, binom, norm
 from torch import nn
 
 from medrobust.attacks.adaptive import EOT
+from medrobust.attacks.base import (
+    check_finite_inputs,
+    check_forward_input,
+    check_logits,
+    check_model_dtype,
+    check_module,
+    check_tensor,
+    model_placement,
+    run_model,
+)
 from medrobust.data.task import Task
 from medrobust.defenses.base import Defense, check_radii, radius_metric
 from medrobust.errors import InputError, ParameterError
 from medrobust.metrics import certified_accuracy
-from medrobust.types import Modality
+from medrobust.types import UNBOUNDED, Modality
 from medrobust.validation import check_number
 
 ABSTAIN = -1
@@ -250,18 +260,12 @@ class SmoothedClassifier:
         return counts.view(len(x), classes).cpu()
 
     def _labels(self, noisy: torch.Tensor, owner: str) -> torch.Tensor:
-        try:
-            logits = self.model(noisy)
-        except (RuntimeError, ValueError, IndexError) as exc:
-            raise InputError(
-                f"{owner} could not run the model on noisy inputs of shape "
-                f"{tuple(noisy.shape)}: {exc}"
-            ) from exc
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or len(logits) != len(noisy):
-            raise InputError(
-                f"{owner} needs a model that returns logits of shape (N, K). Got "
-                f"{tuple(getattr(logits, 'shape', ()))} for inputs of shape {tuple(noisy.shape)}."
-            )
+        logits = check_logits(
+            owner,
+            run_model(owner, self.model, noisy, what="noisy inputs"),
+            len(noisy),
+            f"inputs of shape {tuple(noisy.shape)}",
+        )
         outputs = logits.shape[1]
         if outputs == 1 and self.num_classes == 2:
             return (logits[:, 0] > 0).long()
@@ -273,16 +277,19 @@ class SmoothedClassifier:
         return logits.argmax(dim=1)
 
     def _validate(self, x: torch.Tensor, owner: str) -> None:
+        """``x`` must be a non-empty dense floating-point batch (N, ...) in the model's dtype
+        (it is not cast), on any device, free of NaN and Inf."""
         if not isinstance(x, torch.Tensor):
             raise InputError(f"{owner} needs a torch tensor x. Got {type(x).__name__}.")
+        check_tensor(owner, "x", x)
         if not x.is_floating_point():
             raise InputError(f"{owner} needs floating-point inputs. Got dtype {x.dtype} instead.")
         if x.dim() < 2 or len(x) == 0:
             raise InputError(
                 f"{owner} needs a non-empty batch of shape (N, ...). Got shape {tuple(x.shape)}."
             )
-        if not bool(torch.isfinite(x).all()):
-            raise InputError(f"{owner} got inputs with NaN or Inf values.")
+        check_model_dtype(owner, x, model_placement(owner, self.model)[1])
+        check_finite_inputs(owner, x, UNBOUNDED)
 
 
 def smoothed_certified_accuracy(
@@ -329,7 +336,7 @@ class GaussianNoiseAugmentation(nn.Module):
     def __init__(self, model: nn.Module, sigma: float) -> None:
         super().__init__()
         self.sigma = _check_sigma(type(self).__name__, sigma)
-        self.model = model
+        self.model = check_module(type(self).__name__, model)
         self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -354,12 +361,14 @@ class SoftSmoothing(nn.Module):
         samples: noise draws per input (>= 1).
 
     Shape:
-        like ``model``
+        like ``model``; the input must be a floating-point batch (N, ...) on the model's device
+        and in its dtype (an InputError otherwise; values are not checked); an empty batch gives
+        empty logits.
     """
 
     def __init__(self, model: nn.Module, sigma: float, *, samples: int = 32) -> None:
         super().__init__()
-        self.model = model
+        self.model = check_module(type(self).__name__, model)
         self.sigma = _check_sigma(type(self).__name__, sigma)
         self.samples = int(
             check_number(type(self).__name__, "samples", samples, minimum=1, integer=True)
@@ -367,12 +376,20 @@ class SoftSmoothing(nn.Module):
         self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        owner = type(self).__name__
+        check_forward_input(owner, x, self.model)
         repeated = x.repeat_interleave(self.samples, dim=0)
-        logits: torch.Tensor = self.model(repeated + self.sigma * torch.randn_like(repeated))
+        logits = check_logits(
+            owner,
+            run_model(owner, self.model, repeated + self.sigma * torch.randn_like(repeated)),
+            len(repeated),
+            f"inputs of shape {tuple(repeated.shape)}",
+        )
         if logits.shape[1] == 1:
             p = torch.sigmoid(logits).view(len(x), self.samples).mean(dim=1).clamp(1e-7, 1 - 1e-7)
             return torch.logit(p)[:, None]
-        probs = logits.softmax(dim=1).view(len(x), self.samples, -1).mean(dim=1)
+        # Explicit sizes: an empty batch has no size to infer for a -1.
+        probs = logits.softmax(dim=1).view(len(x), self.samples, logits.shape[1]).mean(dim=1)
         return probs.clamp_min(1e-12).log()
 
     def extra_repr(self) -> str:
@@ -448,14 +465,16 @@ class RandomizedSmoothing(Defense):
         return GaussianNoiseAugmentation(model, self.sigma)
 
     def wrap(self, model: nn.Module, task: Task) -> nn.Module:
+        self._check_wrap(model, task)
         return SoftSmoothing(model, self.sigma, samples=self.samples).eval()
 
     def adaptive(self, wrapped: nn.Module) -> nn.Module:
-        return EOT(wrapped, samples=self.eot_samples)
+        return EOT(super().adaptive(wrapped), samples=self.eot_samples)
 
     def certify(
         self, model: nn.Module, task: Task, x: torch.Tensor, y: torch.Tensor, *, seed: int
     ) -> dict[str, float]:
+        seed = self._check_certify(model, task, x, y, seed)
         smoothed = SmoothedClassifier(
             model, self.sigma, num_classes=task.num_classes, batch_size=self.batch_size
         )
