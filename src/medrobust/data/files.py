@@ -16,9 +16,10 @@ checksum. :func:`fetch` finds a file in this order:
 A file that comes inside an archive (the ECG5000 members of ``ECG5000.zip``) is taken from the
 offline folder or the cache when it is there. Otherwise the archive is fetched (offline folder,
 cache or download, verified like any file) and only its expected members are extracted into the
-cache: by base name, through a temporary file and a rename, never by the path stored in the
-archive. A file may also list ``alternatives``, copies of the same data in other formats, any one
-of which satisfies it.
+cache: by base name, never by the path stored in the archive, all or none (each member goes to
+a temporary file first, and the files are renamed only once every member has been read and its
+CRC checked, so a damaged archive leaves nothing in the cache). A file may also list
+``alternatives``, copies of the same data in other formats, any one of which satisfies it.
 
 Files without a known checksum (generic ``medmnist:<subset>`` and ``ucr:<Name>`` tasks outside the
 catalogue) are read from the offline folder or the cache **without verification**, and are never
@@ -45,6 +46,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -56,6 +58,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from medrobust.atomic import write_atomically
+from medrobust.data.npzfile import ZIP_READ_ERRORS
 from medrobust.errors import (
     ChecksumError,
     CorruptDataError,
@@ -582,20 +585,20 @@ def _read_manifest(archive_in_cache: Path) -> tuple[str, dict[str, str]]:
 
 
 def _extract(archive: DataFile, archive_path: Path) -> None:
-    """Extract the expected members of a verified zip archive into the cache."""
+    """Extract the expected members of a verified zip archive into the cache, all or none."""
     target_dir = cache_dir() / PurePosixPath(archive.path).parent
     target_dir.mkdir(parents=True, exist_ok=True)
     wanted = set(archive.members)
-    manifest: dict[str, str] = {}
     archive_sha256 = file_digest(archive_path, "sha256")
     previous, members = _read_manifest(cache_dir() / archive.path)
     if previous == archive_sha256 and all((target_dir / m).is_file() for m in members):
         return
+    staged: dict[str, tuple[Path, str]] = {}  # member -> (temporary file, sha256)
     try:
         with zipfile.ZipFile(archive_path) as zf:
             for info in zf.infolist():
                 name = PurePosixPath(info.filename.replace("\\", "/")).name
-                if info.is_dir() or name not in wanted or name in manifest:
+                if info.is_dir() or name not in wanted or name in staged:
                     continue
                 if info.file_size > _MAX_MEMBER_BYTES:
                     raise CorruptDataError(
@@ -603,28 +606,43 @@ def _extract(archive: DataFile, archive_path: Path) -> None:
                         f"{info.file_size} bytes, more than medrobust extracts."
                     )
                 with zf.open(info) as source:
-                    manifest[name] = _copy_atomically(source, target_dir / name)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as err:
+                    staged[name] = _stage(source, target_dir / name)
+        for name, (temporary, _) in staged.items():
+            os.replace(temporary, target_dir / name)
+    except ZIP_READ_ERRORS as err:
         raise CorruptDataError(
-            f"The archive {archive_path} ({archive.path}) could not be read: {err}. Delete it "
-            f"and download a good copy from {archive.url}."
+            f"The archive {archive_path} ({archive.path}) could not be read "
+            f"({type(err).__name__}: {err}). Delete it and download a good copy from "
+            f"{archive.url}."
         ) from None
-    record = {"archive_sha256": archive_sha256, "members": manifest}
+    finally:
+        for temporary, _ in staged.values():
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+    record = {"archive_sha256": archive_sha256, "members": {n: s for n, (_, s) in staged.items()}}
     text = json.dumps(record, indent=1, sort_keys=True).encode("utf-8")
     write_atomically(_manifest_path(cache_dir() / archive.path), lambda handle: handle.write(text))
 
 
-def _copy_atomically(source: IO[bytes], dest: Path) -> str:
-    """Copy ``source`` to ``dest`` atomically; return the sha256 of what was written."""
+def _stage(source: IO[bytes], dest: Path) -> tuple[Path, str]:
+    """Copy ``source`` to a temporary file beside ``dest``; return it and its sha256.
+
+    The temporary file is removed if the copy fails (a damaged member fails its CRC at the end).
+    """
     hasher = hashlib.sha256()
-
-    def writer(handle: IO[bytes]) -> None:
-        for block in iter(lambda: source.read(_CHUNK), b""):
-            hasher.update(block)
-            handle.write(block)
-
-    write_atomically(dest, writer)
-    return hasher.hexdigest()
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    temporary = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for block in iter(lambda: source.read(_CHUNK), b""):
+                hasher.update(block)
+                handle.write(block)
+        os.chmod(temporary, 0o644)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+    return temporary, hasher.hexdigest()
 
 
 def describe(file: DataFile, path: Path) -> dict[str, str]:

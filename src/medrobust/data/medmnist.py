@@ -14,7 +14,6 @@ binary and 0 otherwise, and class names come from the official MedMNIST label na
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,12 +22,15 @@ import numpy as np
 from medrobust.data._medmnist_info import MEDMNIST_2D, MEDMNIST_3D
 from medrobust.data.catalogue import medmnist_file
 from medrobust.data.files import describe, fetch
+from medrobust.data.npzfile import NpzArchive
 from medrobust.data.task import Split, Task, TaskSpec
 from medrobust.errors import CorruptDataError, ParameterError
 from medrobust.types import UNIT_INTERVAL, Modality, TaskKind
 
 _SPLITS = ("train", "val", "test")
 _POSITIVE = {"breastmnist": 0, "pneumoniamnist": 1}
+# A subset medrobust does not know takes its class count from its labels; this bounds it.
+MAX_CLASSES = 10_000
 
 
 def subset_base(stem: str) -> str:
@@ -95,6 +97,11 @@ def load_medmnist(stem: str, task_name: str) -> Task:
                 f"The file {path} ({file.path}) has label {highest}, but {base} has only "
                 f"{len(class_names)} classes."
             )
+    elif highest >= MAX_CLASSES:
+        raise CorruptDataError(
+            f"The file {path} ({file.path}) has label {highest}; labels are 0 .. K-1 for "
+            f"K <= {MAX_CLASSES} classes."
+        )
     else:
         class_names = tuple(f"class {i}" for i in range(max(highest + 1, 2)))
     num_classes = len(class_names)
@@ -144,25 +151,20 @@ def _read_npz(
 
     images: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
-    try:
-        # np.load leaks its file handle when the zip is damaged; own the handle here.
-        with path.open("rb") as handle, np.load(handle, allow_pickle=False) as npz:
-            keys = set(npz.files)
-            needed = {f"{s}_{kind}" for s in _SPLITS for kind in ("images", "labels")}
-            if not needed <= keys:
-                raise corrupt(f"missing keys {sorted(needed - keys)}")
-            for split in _SPLITS:
-                raw_x = npz[f"{split}_images"]
-                raw_y = npz[f"{split}_labels"]
-                images[split] = _to_nchw(raw_x, split, corrupt, task_name)
-                labels[split] = _to_labels(raw_y, split, len(raw_x), corrupt, task_name)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        if isinstance(err, CorruptDataError | ParameterError):
-            raise
-        raise corrupt(f"{type(err).__name__}: {err}") from None
+    with NpzArchive(path, corrupt) as npz:
+        needed = {f"{s}_{kind}" for s in _SPLITS for kind in ("images", "labels")}
+        if not needed <= npz.keys:
+            raise corrupt(f"missing keys {sorted(needed - npz.keys)}")
+        for split in _SPLITS:
+            raw_x = npz.read(f"{split}_images")
+            raw_y = npz.read(f"{split}_labels")
+            images[split] = _to_nchw(raw_x, split, corrupt, task_name)
+            labels[split] = _to_labels(raw_y, split, len(raw_x), corrupt, task_name)
     shapes = {images[s].shape[1:] for s in _SPLITS}
     if len(shapes) != 1:
         raise corrupt(f"the splits have different image shapes {sorted(shapes)}")
+    if len(np.unique(labels["train"])) < 2:
+        raise corrupt("the train split holds fewer than two classes")
     return images, labels
 
 
@@ -182,6 +184,8 @@ def _to_nchw(
         )
     else:
         raise corrupt(f"{split}_images has shape {raw.shape}, expected (N, H, W) or (N, H, W, 3)")
+    if x.size == 0:
+        raise corrupt(f"{split}_images has shape {raw.shape}, with no images or no pixels")
     return np.ascontiguousarray(x, dtype=np.float32) / np.float32(255.0)
 
 
@@ -197,11 +201,12 @@ def _to_labels(
             f"The task {task_name!r} is multi-label ({raw.shape[1]} labels per image); "
             "medrobust supports single-label classification only."
         )
-    if raw.ndim not in (1, 2) or len(raw) != n:
+    if raw.ndim not in (1, 2) or len(raw) != n or raw.size != n:
         raise corrupt(f"{split}_labels has shape {raw.shape} for {n} images")
     if not np.issubdtype(raw.dtype, np.integer):
         raise corrupt(f"{split}_labels has dtype {raw.dtype}, expected integers")
-    y = raw.reshape(-1).astype(np.int64)
-    if y.size and y.min() < 0:
-        raise corrupt(f"{split}_labels has a negative label {int(y.min())}")
-    return y
+    if raw.size and int(raw.min()) < 0:
+        raise corrupt(f"{split}_labels has a negative label {int(raw.min())}")
+    if raw.size and int(raw.max()) >= MAX_CLASSES:
+        raise corrupt(f"{split}_labels has label {int(raw.max())}, expected 0 .. K-1")
+    return raw.reshape(-1).astype(np.int64)

@@ -39,7 +39,6 @@ import os
 import shutil
 import tempfile
 import warnings
-import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +48,7 @@ import numpy as np
 from medrobust.atomic import write_atomically
 from medrobust.data.catalogue import MITDB_DS1, MITDB_DS2, mitdb_record_files
 from medrobust.data.files import DataFile, cache_dir, describe, fetch_all
+from medrobust.data.npzfile import NpzArchive
 from medrobust.data.splits import check_seed
 from medrobust.data.task import Split, Task, TaskSpec
 from medrobust.errors import CorruptDataError
@@ -196,22 +196,47 @@ def _cache_key(needed: Sequence[DataFile]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
+_BEAT_KEYS = ("x", "y", "record", "sample")
+
+
+def read_beat_cache(target: Path) -> dict[str, np.ndarray] | None:
+    """The segmented beats cached at ``target``, or None if the file is unusable.
+
+    The file lies in the cache, where anything may have happened to it, so it is checked as
+    strictly as a data file: the four arrays, float32 beats of ``BEAT_LENGTH`` samples that are
+    finite, labels 0..4, records among ``RECORDS``, one entry per beat.
+    """
+    try:
+        with NpzArchive(target, CorruptDataError) as npz:
+            if npz.keys != set(_BEAT_KEYS):
+                return None
+            beats = {key: npz.read(key) for key in _BEAT_KEYS}
+    except CorruptDataError:
+        return None
+    x, y, record, sample = (beats[key] for key in _BEAT_KEYS)
+    if (
+        x.dtype != np.float32
+        or x.ndim != 2
+        or x.shape[1] != BEAT_LENGTH
+        or any(v.ndim != 1 or v.dtype.kind not in "iu" for v in (y, record, sample))
+        or len({len(v) for v in beats.values()}) != 1
+        or not np.isfinite(x).all()
+        or not np.isin(y, np.arange(len(CLASS_NAMES))).all()
+        or not np.isin(record, RECORDS).all()
+    ):
+        return None
+    return beats
+
+
 def _load_or_segment(needed: Sequence[DataFile], paths: dict[str, Path]) -> dict[str, np.ndarray]:
     target = cache_dir() / "derived" / f"mitbih-beats-{_cache_key(needed)}.npz"
     if target.is_file():
-        try:
-            with target.open("rb") as handle, np.load(handle, allow_pickle=False) as npz:
-                beats = {key: npz[key] for key in ("x", "y", "record", "sample")}
-            if (
-                beats["x"].shape[1:] == (BEAT_LENGTH,)
-                and len({len(v) for v in beats.values()}) == 1
-            ):
-                return beats
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError):
-            pass
+        cached = read_beat_cache(target)
+        if cached is not None:
+            return cached
         logger.warning("Rebuilding the unreadable MIT-BIH beat cache %s.", target)
     parts = [segment_record(record, _record_paths(record, paths)) for record in RECORDS]
-    beats = {
+    beats: dict[str, np.ndarray] = {
         "x": np.concatenate([p[0] for p in parts]).astype(np.float32),
         "y": np.concatenate([p[1] for p in parts]).astype(np.int8),
         "record": np.concatenate(
@@ -221,7 +246,7 @@ def _load_or_segment(needed: Sequence[DataFile], paths: dict[str, Path]) -> dict
     }
 
     def write(handle: IO[bytes]) -> None:
-        np.savez(handle, **beats)
+        np.savez(handle, x=beats["x"], y=beats["y"], record=beats["record"], sample=beats["sample"])
 
     try:
         write_atomically(target, write)

@@ -79,7 +79,8 @@ def load_ucr(name: str, task_name: str, seed: int = 0, *, anomaly: bool = False)
 
     Raises:
         DataNotFoundError, ChecksumError: the TRAIN file cannot be had or is wrong.
-        CorruptDataError: a file cannot be parsed (truncated, wrong format).
+        CorruptDataError: a file cannot be parsed (truncated, wrong format), holds too few
+            series for three splits, or (ECG5000) holds labels other than 1 .. 5.
         ParameterError: missing values or series of unequal length.
     """
     seed = check_seed(seed)
@@ -121,15 +122,24 @@ def load_ucr(name: str, task_name: str, seed: int = 0, *, anomaly: bool = False)
             "no official TEST file: TRAIN split 60/20/20 into train/val/test, stratified per "
             "class, seeded (classes of 2 series: train and test; of 1: train)"
         )
-    is_ecg5000 = name.upper() == "ECG5000" and keys == ["1", "2", "3", "4", "5"]
+    is_ecg5000 = name.upper() == "ECG5000"
+    if is_ecg5000 and keys != ["1", "2", "3", "4", "5"]:
+        # the TEST file has no known checksum; its labels must still be ECG5000's
+        raise CorruptDataError(
+            f"The ECG5000 files {', '.join(str(p) for _, p in sources)} hold the labels {keys}; "
+            "ECG5000's labels are 1 .. 5."
+        )
+    _check_not_empty(name, sources, y_all, (tr, va, te))
     if anomaly:
         return _anomaly_task(
             name, task_name, seed, x_all, y_all, (tr, va, te), official, policy, sources, keys
         )
     class_names = ECG5000_CLASS_NAMES if is_ecg5000 else tuple(keys)
-    if len(class_names) < 2:
+    trained = sorted({keys[i] for i in y_all[tr]}, key=_label_sort_key)
+    if len(trained) < 2:
         raise CorruptDataError(
-            f"The UCR file {train_path} holds a single class {keys}; a task needs at least two."
+            f"The UCR file {train_path} holds a single class {trained} for training; a task "
+            "needs at least two."
         )
     positive = ECG5000_POSITIVE if is_ecg5000 else (1 if len(class_names) == 2 else 0)
     splits = [Split(x=x_all[i], y=y_all[i]) for i in (tr, va, te)]
@@ -226,6 +236,21 @@ def _anomaly_task(
     )
 
 
+def _check_not_empty(
+    name: str,
+    sources: Sequence[tuple[DataFile, Path]],
+    y: np.ndarray,
+    parts: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    for split, part in zip(("train", "val", "test"), parts, strict=True):
+        if len(part) == 0:
+            raise CorruptDataError(
+                f"The UCR files of {name} ({', '.join(str(p) for _, p in sources)}) hold too few "
+                f"series for a {split} split ({len(y)} series; a class reaches every split from "
+                "3 series on)."
+            )
+
+
 def _label_sort_key(label: str) -> tuple[int, float, str]:
     try:
         return (0, float(label), label)
@@ -282,12 +307,19 @@ def read_ucr(path: Path, relative: str = "") -> tuple[np.ndarray, np.ndarray]:
         x = np.asarray(rows, dtype=np.float64)
     except ValueError as err:
         raise CorruptDataError(f"The UCR file {where} has a non-numeric value: {err}.") from None
-    if not np.isfinite(x).all():
+    with np.errstate(over="ignore"):  # checked below
+        x32 = x.astype(np.float32)
+    if not np.isfinite(x32).all():
         raise ParameterError(
-            f"The UCR file {where} has missing or infinite values, which medrobust does not "
-            "support."
+            f"The UCR file {where} has missing or infinite values (or values beyond float32's "
+            "range), which medrobust does not support."
         )
-    return x.astype(np.float32), np.array([_canonical_label(lab) for lab in labels], dtype=object)
+    canonical = [_canonical_label(lab) for lab in labels]
+    if not all(canonical):
+        raise CorruptDataError(
+            f"The UCR file {where} has a blank label on data row {canonical.index('') + 1}."
+        )
+    return x32, np.array(canonical, dtype=object)
 
 
 def _parse_label_first(

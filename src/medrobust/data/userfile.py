@@ -2,51 +2,57 @@
 
 Two formats:
 
-- ``.npz`` (read with ``allow_pickle=False``): ``x_train``, ``y_train``, ``x_test``, ``y_test``
-  and optionally ``x_val``, ``y_val`` (both or neither). Inputs are numeric with the same shape
-  per example in every split: (N, F) tabular features, (N, C, T) ECG signals (or (N, T) with
-  ``modality=ecg``), (N, C, H, W) images (or (N, H, W) with ``modality=image``). ``uint8`` images
-  are divided by 255; other images must lie in [0, 1] (or in the ``domain`` option). Labels are
-  integers 0 .. K-1, shape (N,) or (N, 1).
-- ``.csv`` (tabular, with a header row): one label column (option ``label``, default
-  ``label``), an optional split column (option ``split``, default ``split``) holding ``train``,
-  ``val`` or ``test``, and numeric feature columns (every other column). Labels are integers
-  0 .. K-1 or class names (sorted, unless ``classes`` gives their order).
+- ``.npz`` (Python objects are never unpickled): ``x_train``, ``y_train``, ``x_test``,
+  ``y_test`` and optionally ``x_val``, ``y_val`` (both or neither), and no other array. Inputs
+  are integer or float (float32 or wider) with the same shape per example in every split:
+  (N, F) tabular features, (N, C, T) ECG signals (or (N, T) with ``modality=ecg``), (N, C, H, W)
+  images (or (N, H, W) with ``modality=image``); finite in float32 and no dimension 0. ``uint8``
+  images are divided by 255; other images must lie in [0, 1] (or in the ``domain`` option).
+  Labels are integers (or booleans) 0 .. K-1, K <= 10,000, shape (N,) or (N, 1).
+- ``.csv`` (tabular, UTF-8, with a header row of distinct, non-blank names): one label column
+  (option ``label``, default ``label``), an optional split column (option ``split``, default
+  ``split``) holding ``train``, ``val`` or ``test``, and numeric feature columns (every other
+  column). Labels are integers 0 .. K-1 or class names (sorted, unless ``classes`` gives their
+  order); no row may have a blank label. Blank lines are skipped.
 - ``.csv`` of text (clinical notes, abstracts): the same label and split columns and one text
   column (option ``text``, default ``text``) and no other column. A CSV whose header has the text
-  column is text (or say ``modality=text``); each text is one field (quote it if it holds commas
-  or line breaks) and must not be blank. Text models tokenize it (a tokenizer trained on the
-  training split, or a Hugging Face model's own).
+  column is text (or say ``modality=text``); each text is one field of up to 131,072 characters
+  (quote it if it holds commas, quotes or line breaks) and must not be blank. Text models
+  tokenize it (a tokenizer trained on the training split, or a Hugging Face model's own).
 
 Without a validation split, a stratified 20 % of the training split is held out (seed 0); a CSV
 without a split column is split 60/20/20 into train/val/test, stratified and seeded by the trial
-(``TaskSpec.resplits``). Values are used as given (no standardisation), so attack budgets are in
-the file's units.
+(``TaskSpec.resplits``). Every split must end up non-empty, and the training split must hold two
+or more classes. Values are used as given (no standardisation), so attack budgets are in the
+file's units.
 
 Options (URL query after the path, e.g. ``file:/data/scans.npz?classes=benign,malignant&
 positive=1``): ``modality`` (image, ecg, tabular, text; default from the shape: 4-D image, 3-D
 ECG, 2-D tabular; a CSV with a text column is text), ``classes`` (comma-separated names, default
 ``class 0``, ...), ``positive`` (the disease label for sensitivity and FNR: an index or a class
 name; default 1 for binary tasks, else 0), ``domain`` (``low,high``; default [0, 1] for images,
-unbounded otherwise; not for text), ``label``, ``split`` and ``text`` (CSV columns) and
-``sha256`` (the file's checksum: a different file fails with
-:class:`~medrobust.errors.ChecksumError`, and the name, stored with every result, identifies the
-data). Bad files raise :class:`~medrobust.errors.CorruptDataError` saying what was wrong and what
-is allowed.
+unbounded otherwise; not for text), ``label``, ``split`` and ``text`` (three different CSV
+columns; not for a .npz) and ``sha256`` (the file's checksum, 64 hex digits: a different file
+fails with :class:`~medrobust.errors.ChecksumError`, and the name, stored with every result,
+identifies the data). Bad files raise :class:`~medrobust.errors.CorruptDataError` saying what
+was wrong and what is allowed.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import hashlib
-import zipfile
+import io
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import numpy as np
 
+from medrobust.data.npzfile import NpzArchive
 from medrobust.data.splits import stratified_split
 from medrobust.data.task import Split, Task, TaskSpec
 from medrobust.errors import ChecksumError, ConfigError, CorruptDataError
@@ -60,6 +66,11 @@ VAL_FRACTION = 0.2
 CSV_FRACTIONS = (0.6, 0.2, 0.2)
 _MODALITIES = {m.value for m in (Modality.IMAGE, Modality.ECG, Modality.TABULAR, Modality.TEXT)}
 _NDIM = {2: Modality.TABULAR, 3: Modality.ECG, 4: Modality.IMAGE}
+# Labels are 0 .. K-1; a bound on K keeps a stray huge label from building millions of classes.
+MAX_CLASSES = 10_000
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_CSV_COLUMNS = ("label", "split", "text")
+_WIDE_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 def file_sha256(path: Path) -> str:
@@ -106,13 +117,24 @@ def _parse_name(name: str) -> tuple[Path, dict[str, str]]:
                     f"Unknown option {key!r} in the task {name!r}. Allowed: {list(OPTIONS)}."
                 )
             options[key] = value
-    path = Path(unquote(path_text)).expanduser()
+    path = Path(unquote(path_text))
     if not path_text or path.suffix.lower() not in FORMATS:
         raise ConfigError(
             f"A data file task is 'file:<path>.npz' or 'file:<path>.csv'. Got {name!r} instead."
         )
-    if not path.is_file():
+    try:
+        path = path.expanduser()
+        exists = path.is_file()
+    except (OSError, RuntimeError, ValueError):  # unknown ~user, a name too long, a NUL byte
+        exists = False
+    if not exists:
         raise ConfigError(f"The data file {str(path)!r} of task {name!r} does not exist.")
+    expected = options.get("sha256")
+    if expected is not None and not _SHA256.match(expected):
+        raise ConfigError(
+            f"The 'sha256' option of task {name!r} must be 64 hexadecimal digits. "
+            f"Got {expected!r} instead."
+        )
     return path, options
 
 
@@ -149,9 +171,27 @@ def _npz_ndim(path: str, mtime_ns: int, size: int) -> int:
     """The number of dimensions of ``x_train`` (cached per file version)."""
     del mtime_ns, size
     with _open_npz(Path(path)) as npz:
-        if "x_train" not in npz.files:
+        if "x_train" not in npz.keys:
             raise _corrupt(Path(path), "it has no 'x_train'", _NPZ_ALLOWED)
-        return int(npz["x_train"].ndim)
+        return len(npz.header("x_train")[0])
+
+
+def _check_columns(name: str, path: Path, options: dict[str, str]) -> None:
+    """The CSV column options: for a CSV only, and naming three different columns."""
+    given = [key for key in _CSV_COLUMNS if key in options]
+    if path.suffix.lower() != ".csv":
+        if given:
+            raise ConfigError(
+                f"The option(s) {given} of task {name!r} name CSV columns; a .npz file has "
+                "none. Leave them out."
+            )
+        return
+    columns = {key: options.get(key, key).strip() for key in _CSV_COLUMNS}
+    if len(set(columns.values())) < len(columns) or not all(columns.values()):
+        raise ConfigError(
+            f"The 'label', 'split' and 'text' options of task {name!r} must name three different "
+            f"columns. Got {columns} instead."
+        )
 
 
 def file_task_spec(name: str) -> TaskSpec:
@@ -163,6 +203,7 @@ def file_task_spec(name: str) -> TaskSpec:
     """
     path, options = _parse_name(name)
     modality = _modality_option(name, options)
+    _check_columns(name, path, options)
     if path.suffix.lower() == ".csv":
         is_text = _csv_is_text(path, options)
         if modality not in (None, Modality.TABULAR, Modality.TEXT):
@@ -213,11 +254,8 @@ def _corrupt(path: Path, reason: str, allowed: str) -> CorruptDataError:
     return CorruptDataError(f"The data file {path} cannot be used: {reason}. Allowed: {allowed}.")
 
 
-def _open_npz(path: Path) -> Any:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise _corrupt(path, f"it is not a readable .npz ({exc})", _NPZ_ALLOWED) from None
+def _open_npz(path: Path) -> NpzArchive:
+    return NpzArchive(path, lambda reason: _corrupt(path, reason, _NPZ_ALLOWED))
 
 
 def load_file_task(name: str, seed: int = 0) -> Task:
@@ -230,7 +268,10 @@ def load_file_task(name: str, seed: int = 0) -> Task:
     """
     spec = file_task_spec(name)
     path, options = _parse_name(name)
-    digest = file_sha256(path)
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise _corrupt(path, f"it cannot be read ({exc})", "a readable file") from None
     expected = options.get("sha256")
     if expected is not None and expected.lower() != digest:
         raise ChecksumError(
@@ -243,6 +284,15 @@ def load_file_task(name: str, seed: int = 0) -> Task:
         xs, ys, names, policy = _read_npz(path, options, spec.modality)
     class_names = _class_names(path, name, options, names, ys)
     positive = _positive(name, options, class_names)
+    for split in SPLITS:
+        if len(ys[split]) == 0:
+            raise _corrupt(
+                path,
+                f"its {split} split is empty ({policy})",
+                "enough examples for a non-empty train, val and test split: a class needs 3 "
+                "examples to reach all three (2 in the train split of a .npz without x_val), "
+                "or give the split explicitly",
+            )
     splits = {split: Split(x=xs[split], y=ys[split]) for split in SPLITS}
     domain = spec.domain
     for split, x in xs.items():
@@ -294,7 +344,7 @@ def _read_npz(
     xs: dict[str, np.ndarray] = {}
     ys: dict[str, np.ndarray] = {}
     with _open_npz(path) as npz:
-        keys = set(npz.files)
+        keys = set(npz.keys)
         needed = {"x_train", "y_train", "x_test", "y_test"}
         if not needed <= keys:
             raise _corrupt(path, f"it lacks the keys {sorted(needed - keys)}", _NPZ_ALLOWED)
@@ -305,13 +355,8 @@ def _read_npz(
             raise _corrupt(path, f"it has unknown keys {extra}", _NPZ_ALLOWED)
         present = [s for s in SPLITS if f"x_{s}" in keys]
         for split in present:
-            try:
-                xs[split] = _inputs(path, split, npz[f"x_{split}"], modality)
-                ys[split] = _labels(path, split, npz[f"y_{split}"], len(xs[split]))
-            except ValueError as exc:  # object arrays refused by allow_pickle=False
-                if isinstance(exc, CorruptDataError):
-                    raise
-                raise _corrupt(path, f"x_{split} or y_{split}: {exc}", _NPZ_ALLOWED) from None
+            xs[split] = _inputs(path, split, npz.read(f"x_{split}"), modality)
+            ys[split] = _labels(path, split, npz.read(f"y_{split}"), len(xs[split]))
     shapes = {s: xs[s].shape[1:] for s in xs}
     if len(set(shapes.values())) != 1:
         raise _corrupt(path, f"the splits have different input shapes {shapes}", _NPZ_ALLOWED)
@@ -331,17 +376,24 @@ def _inputs(path: Path, split: str, raw: np.ndarray, modality: Modality) -> np.n
     if modality is Modality.ECG and x.ndim == 2:
         x = x[:, None]
     wanted = {Modality.IMAGE: 4, Modality.ECG: 3, Modality.TABULAR: 2}[modality]
-    if x.ndim != wanted or len(x) == 0:
+    if x.ndim != wanted or x.size == 0:
         raise _corrupt(
             path,
             f"x_{split} has shape {raw.shape}, which is no non-empty {modality.value} input "
-            f"({wanted}-D)",
+            f"({wanted}-D, no dimension 0)",
             _NPZ_ALLOWED,
         )
-    scaled = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x
-    out = np.ascontiguousarray(scaled, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # checked below
+        if modality is Modality.IMAGE and x.dtype == np.uint8:
+            out = x.astype(np.float32) / np.float32(255.0)
+        else:
+            out = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(out).all():
-        raise _corrupt(path, f"x_{split} has NaN or infinite values", _NPZ_ALLOWED)
+        raise _corrupt(
+            path,
+            f"x_{split} has NaN or infinite values, or values beyond float32's range",
+            _NPZ_ALLOWED,
+        )
     return out
 
 
@@ -354,6 +406,13 @@ def _labels(path: Path, split: str, raw: np.ndarray, n: int) -> np.ndarray:
         )
     if raw.dtype.kind not in "iub":
         raise _corrupt(path, f"y_{split} has dtype {raw.dtype}, not integers", _NPZ_ALLOWED)
+    low, high = int(raw.min()), int(raw.max())
+    if low < 0 or high >= MAX_CLASSES:
+        raise _corrupt(
+            path,
+            f"y_{split} has labels in [{low}, {high}]",
+            f"labels 0 .. K-1 for K classes, K <= {MAX_CLASSES}",
+        )
     return raw.astype(np.int64)
 
 
@@ -367,21 +426,80 @@ def _hold_out_val(
     )
 
 
-def _csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+_CSV_TEXT = "UTF-8 text (with or without a byte order mark) and no NUL characters"
+
+
+def _csv_text(path: Path, limit: int = -1) -> str:
+    """The CSV's text (its first ``limit`` bytes, or all): UTF-8, checked before parsing."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = [row for row in csv.reader(handle) if row]
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise _corrupt(path, f"it is not a readable CSV ({exc})", _CSV_ALLOWED) from None
+        with path.open("rb") as handle:
+            data = handle.read(limit)
+    except OSError as exc:
+        raise _corrupt(path, f"it cannot be read ({exc})", _CSV_ALLOWED) from None
+    if data.startswith(_WIDE_BOMS):
+        raise _corrupt(path, "it is UTF-16 or UTF-32 text; save it as UTF-8", _CSV_TEXT)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if limit < 0 or exc.end != len(data):  # not a character cut at the limit
+            raise _corrupt(
+                path, f"it is not UTF-8 text ({exc.reason} at byte {exc.start})", _CSV_TEXT
+            ) from None
+        text = data[: exc.start].decode("utf-8-sig")
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise _corrupt(path, f"it holds a NUL character on line {line} (a binary file?)", _CSV_TEXT)
+    return text
+
+
+def _parse_csv(path: Path, text: str) -> list[list[str]]:
+    """The non-blank rows of a CSV text (strict: a quote must close its field)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        return [row for row in reader if any(field.strip() for field in row)]
+    except csv.Error as exc:
+        hint = ""
+        if "field limit" in str(exc):
+            hint = (
+                f"; fields may hold up to {csv.field_size_limit()} characters, and an unbalanced "
+                "quote makes one field of the rest of the file"
+            )
+        raise _corrupt(
+            path, f"it is not valid CSV near line {reader.line_num} ({exc}{hint})", _CSV_ALLOWED
+        ) from None
+
+
+def _check_header(path: Path, header: list[str]) -> list[str]:
+    header = [h.strip() for h in header]
+    if any(not h for h in header):
+        raise _corrupt(
+            path,
+            f"the header {header} has a blank column name (such as the index column pandas "
+            "writes; save with index=False)",
+            _CSV_ALLOWED,
+        )
+    duplicates = sorted({h for h in header if header.count(h) > 1})
+    if duplicates:
+        raise _corrupt(path, f"the header names the columns {duplicates} twice", _CSV_ALLOWED)
+    return header
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    rows = _parse_csv(path, _csv_text(path))
     if len(rows) < 2:
         raise _corrupt(path, "it has no header row and data rows", _CSV_ALLOWED)
-    header = [h.strip() for h in rows[0]]
-    return header, rows[1:]
+    return _check_header(path, rows[0]), rows[1:]
 
 
 def _csv_header(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        return [h.strip() for h in next(csv.reader(handle), [])]
+    """The header row, read from the start of the file only."""
+    text = _csv_text(path, 1 << 16)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        first = next((row for row in reader if any(f.strip() for f in row)), [])
+    except csv.Error:
+        first = []  # a header longer than the sample: the full read reports the problem
+    return [h.strip() for h in first]
 
 
 def _csv_has_split(path: Path, options: dict[str, str]) -> bool:
@@ -390,10 +508,7 @@ def _csv_has_split(path: Path, options: dict[str, str]) -> bool:
 
 def _csv_is_text(path: Path, options: dict[str, str]) -> bool:
     """Whether the CSV's header has the text column (option ``text``, default ``text``)."""
-    try:
-        return options.get("text", "text") in _csv_header(path)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise _corrupt(path, f"it is not a readable CSV ({exc})", _CSV_ALLOWED) from None
+    return options.get("text", "text") in _csv_header(path)
 
 
 def _text_column(
@@ -458,9 +573,15 @@ def _read_csv(
                     f"line {r}, column {column!r} holds {row[index[column]]!r}, not a number",
                     _CSV_ALLOWED,
                 ) from None
-    if not np.isfinite(x).all():
-        raise _corrupt(path, "it has NaN or infinite feature values", _CSV_ALLOWED)
-    return _csv_splits(path, options, seed, header, rows, x.astype(np.float32))
+    with np.errstate(over="ignore"):  # checked below
+        x32 = x.astype(np.float32)
+    if not np.isfinite(x32).all():
+        raise _corrupt(
+            path,
+            "it has NaN or infinite feature values, or values beyond float32's range",
+            _CSV_ALLOWED,
+        )
+    return _csv_splits(path, options, seed, header, rows, x32)
 
 
 def _csv_splits(
@@ -476,6 +597,12 @@ def _csv_splits(
     split_col = options.get("split", "split")
     index = {c: i for i, c in enumerate(header)}
     raw_labels = [row[index[label_col]].strip() for row in rows]
+    if not all(raw_labels):
+        raise _corrupt(
+            path,
+            f"line {raw_labels.index('') + 2} has a blank label",
+            "a label (an integer 0 .. K-1 or a class name) in every row",
+        )
     y, names = _encode_labels(path, raw_labels, options)
     if split_col in header:
         where = np.array([row[index[split_col]].strip().lower() for row in rows])
@@ -504,9 +631,17 @@ def _encode_labels(
     given = tuple(c.strip() for c in options["classes"].split(",")) if "classes" in options else ()
     try:
         values = [int(v) for v in raw]
-        return np.asarray(values, dtype=np.int64), ()
     except ValueError:
         pass
+    else:
+        low, high = min(values), max(values)
+        if low < 0 or high >= MAX_CLASSES:
+            raise _corrupt(
+                path,
+                f"the labels range over [{low}, {high}]",
+                f"integer labels 0 .. K-1 for K classes, K <= {MAX_CLASSES}, or class names",
+            )
+        return np.asarray(values, dtype=np.int64), ()
     names = given or tuple(sorted(set(raw)))
     lookup = {n: i for i, n in enumerate(names)}
     unknown = sorted(set(raw) - set(lookup))
@@ -528,9 +663,9 @@ def _class_names(
     low, high = int(labels.min()), int(labels.max())
     if "classes" in options:
         names = tuple(c.strip() for c in options["classes"].split(","))
-        if len(names) < 2 or not all(names):
+        if len(names) < 2 or not all(names) or len(set(names)) < len(names):
             raise ConfigError(
-                f"The 'classes' option of task {name!r} must name two or more classes, "
+                f"The 'classes' option of task {name!r} must name two or more distinct classes, "
                 f"comma-separated. Got {options['classes']!r} instead."
             )
     elif not names:
@@ -554,8 +689,12 @@ def _positive(name: str, options: dict[str, str], class_names: tuple[str, ...]) 
     value = options["positive"].strip()
     if value in class_names:
         return class_names.index(value)
-    if value.lstrip("-").isdigit() and 0 <= int(value) < k:
-        return int(value)
+    try:
+        index = int(value)
+    except ValueError:  # not an integer (also '²', or too many digits)
+        index = -1
+    if 0 <= index < k:
+        return index
     raise ConfigError(
         f"The 'positive' option of task {name!r} must be a label in [0, {k - 1}] or one of the "
         f"classes {list(class_names)}. Got {value!r} instead."
