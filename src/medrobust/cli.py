@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -27,7 +28,10 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
         print("\nGeneric names: medmnist:<subset> (official MedMNIST .npz), ucr:<Dataset> (UCR).")
         return 0
     if args.action != "show" or not args.name:
-        print("usage: medrobust tasks [show NAME]", file=sys.stderr)
+        print(
+            "error: 'medrobust tasks show' needs a task name ('medrobust tasks' lists them)",
+            file=sys.stderr,
+        )
         return 2
     task = load_task(args.name, seed=args.seed)
     print(f"{task.name}: {task.description}")
@@ -67,6 +71,13 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from medrobust.study import CellResult, load_spec, run_study, write_report
 
     spec = load_spec(args.config)
+    if args.executor is not None or args.address is not None:  # the flags override the config
+        execution = dataclasses.replace(
+            spec.execution,
+            executor=args.executor or ("ray" if args.address else spec.execution.executor),
+            address=args.address or spec.execution.address,
+        )
+        spec = dataclasses.replace(spec, execution=execution)
     output = Path(args.output or spec.output)
     bars: list[tqdm[Any]] = []
 
@@ -124,7 +135,10 @@ class _AttackAction(argparse.Action):
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
         entries = list(getattr(namespace, self.dest) or [])
-        entries.append(_named(str(values), "Attack"))
+        try:
+            entries.append(_named(str(values), "Attack"))
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"argument --attack: {exc}")
         setattr(namespace, self.dest, entries)
 
 
@@ -193,9 +207,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             data=args.data,
             data_options=data_options or None,
             checkpoint=checkpoint,
-            model_params=_named(f"model:{args.param}", "Model").get("params")
-            if args.param
-            else None,
+            model_params=args.param,
             label=args.label,
             train=args.train,
             training=training,
@@ -238,6 +250,7 @@ def _add_audit_parser(sub: Any) -> None:
     audit.add_argument("--arch", help="registered architecture whose state dict is --model")
     audit.add_argument(
         "--param",
+        type=lambda text: _named(f"model:{text}", "Model").get("params"),
         help="factory keyword arguments, key=value[,key=value] (values as JSON)",
     )
     audit.add_argument("--label", help="the model's name in the report")
@@ -313,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("config", nargs="?", help="config file (.toml, .yaml)")
     study.add_argument("--output", help="output folder (default: the config's study.output)")
     study.add_argument("--quiet", action="store_true", help="no progress bar")
+    study.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        help="run the cell groups in this process or as Ray tasks (default: the config's)",
+    )
+    study.add_argument(
+        "--address",
+        help="Ray cluster to connect to, e.g. auto or ray://host:10001 (implies --executor ray)",
+    )
     study.set_defaults(func=_cmd_study)
 
     report = sub.add_parser("report", help="write the report of a results store")
@@ -327,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``medrobust`` command; returns the exit status."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any("\x00" in arg for arg in argv):
+        parser.error("arguments cannot contain NUL bytes")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -335,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except MedrobustError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused: no permission, disk full, not a folder
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

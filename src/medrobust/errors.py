@@ -12,7 +12,8 @@ built-in class a caller would naturally catch::
     │   ├── DataNotFoundError (FileNotFoundError)   files missing offline and not downloadable
     │   ├── ChecksumError (ValueError)              a file's checksum differs from the canonical one
     │   └── CorruptDataError (ValueError)           a file is truncated or malformed
-    └── StoreError (RuntimeError)           a results store is corrupt, foreign or inconsistent
+    ├── StoreError (RuntimeError)           a results store is corrupt, foreign or inconsistent
+    └── GroupFailedError (RuntimeError)     a cell group failed after its retries (distributed)
 
 Messages follow the form "The 'eps' parameter of PGD must be >= 0. Got -0.1 instead."
 """
@@ -83,3 +84,7 @@ class CorruptDataError(DataError, ValueError):
 
 class StoreError(MedrobustError, RuntimeError):
     """A results store is corrupt, belongs to another study, or is inconsistent."""
+
+
+class GroupFailedError(MedrobustError, RuntimeError):
+    """A cell group failed (after its retries); the cells finished before are in the store."""

@@ -703,6 +703,29 @@ def explanation_stability(
         ParameterError, InputError: as :func:`attribute`; ``x_adv`` of another shape than ``x``
             (or than its embeddings).
     """
+    clean, adversarial, mask = attack_attributions(
+        model, x, x_adv, y, method=method, modality=modality, domain=domain, **kwargs
+    )
+    return compare_attributions(clean, adversarial, k=k, mask=mask)
+
+
+def attack_attributions(
+    model: nn.Module,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    method: str,
+    modality: Modality | str,
+    domain: Domain = UNBOUNDED,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The attributions that :func:`explanation_stability` compares: of the clean inputs, of
+    their adversarial twins (both for the true class ``y``), and the mask of the features
+    compared (text: tokens that are not padding in either input; ``None`` otherwise).
+
+    Args and Raises: as :func:`explanation_stability` (without ``k``).
+    """
     owner = "explanation_stability"
     modality = _check_modality(owner, modality)
     check_tensor(owner, "x_adv", x_adv)
@@ -724,7 +747,7 @@ def explanation_stability(
         )
         if modality is Modality.TEXT:
             mask = _token_mask(model, x, x_adv)
-    return compare_attributions(clean, adversarial, k=k, mask=mask)
+    return clean, adversarial, mask
 
 
 def model_agreement(

@@ -242,3 +242,9 @@ def certified_accuracy(
             f"Got shape {grid.shape} instead."
         )
     return np.asarray([(right & (radius >= r)).mean() for r in grid], dtype=np.float64)
+
+
+def finite_mean(values: np.ndarray) -> float:
+    """Mean over the finite values (NaN when there are none, e.g. L2 of token changes)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else math.nan

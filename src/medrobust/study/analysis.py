@@ -44,6 +44,20 @@ def attack_label(attack: str, norm: str, eps: float | None = None, targeted: boo
     return label if eps is None else f"{label} eps={eps:g}"
 
 
+def paired_test_column(a: list[float], b: list[float]) -> tuple[str, dict[str, Any]]:
+    """The paired test of ``a - b`` over trials as a table cell and its CSV fields: Student's
+    t when Shapiro-Wilk keeps normality, Wilcoxon signed-rank when it rejects it."""
+    comparison = analyze_paired(a, b).comparison
+    if comparison is None:
+        return "n/a (fewer than 3 trials)", {"paired_test": "none", "paired_p": math.nan}
+    return comparison.format(), {
+        "paired_test": comparison.test,
+        "paired_statistic": comparison.statistic,
+        "paired_p": comparison.p,
+        "normality_p": comparison.normality_p,
+    }
+
+
 def undefended_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The cells of undefended models."""
     return [c for c in cells if c.get("defense") is None]

@@ -25,6 +25,7 @@ from typing import Any
 from medrobust.data import get_task_spec
 from medrobust.defenses import DEFENSES
 from medrobust.study.spec import ModelEntry, StudySpec, attack_modalities_ok
+from medrobust.types import TaskKind
 
 
 def derive_seed(*parts: Any) -> int:
@@ -66,6 +67,7 @@ class Cell:
     adaptive: bool = False
     pretrained: bool = False
     poisoning: dict[str, Any] | None = None
+    explain: dict[str, Any] | None = None
 
     @property
     def retrained(self) -> bool:
@@ -115,6 +117,7 @@ class Cell:
             defense_label="",
             defense_params={},
             adaptive=False,
+            explain=None,
         )
 
     @property
@@ -126,6 +129,8 @@ class Cell:
             payload.pop("pretrained")
         if self.poisoning is None:
             payload.pop("poisoning")
+        if self.explain is None:
+            payload.pop("explain")
         return _hash(payload)
 
     @property
@@ -247,6 +252,10 @@ def _model_cells(
     adaptive_modes = [False]
     if entry is not None and DEFENSES.get(entry.name).adaptive_attack is not None:
         adaptive_modes = [False, True]
+    # Explanations (classifiers only): of every attacked model, and of each defense on clean data.
+    explain = None
+    if spec.explain is not None and task_spec.kind is TaskKind.CLASSIFICATION:
+        explain = spec.explain.to_dict()
     yield Cell(
         **common,
         **defense_fields,
@@ -255,6 +264,7 @@ def _model_cells(
         eps=None,
         attack_params={},
         attack_seed=0,
+        explain=explain if defense_fields else None,
     )
     for attack in spec.attacks:
         if not attack_modalities_ok(attack, modality):
@@ -298,5 +308,6 @@ def _model_cells(
                             source=source,
                             eot=attack.eot,
                             adaptive=adaptive,
+                            explain=explain,
                         )
                     )

@@ -17,7 +17,7 @@ from typing import Any
 from medrobust.atomic import output_folder, write_bytes_atomically, write_text_atomically
 from medrobust.attacks.masking import MASKING_CHECKS
 from medrobust.defenses import DEFENSES
-from medrobust.stats import Summary, analyze_paired, one_way_anova, summarize
+from medrobust.stats import Summary, one_way_anova, summarize
 from medrobust.study.analysis import (
     UNDEFENDED,
     OutcomeReader,
@@ -28,12 +28,20 @@ from medrobust.study.analysis import (
     clinical_runs,
     evaluation_name,
     model_name,
+    paired_test_column,
     study_tests,
     twin_key,
     undefended_cells,
     undefended_twins,
 )
+from medrobust.study.explanations import (
+    agreement_table,
+    explanation_panels,
+    most_stable_defenses,
+    stability_table,
+)
 from medrobust.study.figures import (
+    FigureImage,
     accuracy_under_attack_figures,
     accuracy_vs_eps_figures,
     certified_accuracy_figures,
@@ -44,6 +52,7 @@ from medrobust.study.figures import (
 from medrobust.study.page import (
     FIGURES_FOLDER,
     AttackedText,
+    Bullets,
     Change,
     Document,
     Paragraph,
@@ -89,20 +98,6 @@ def rate_summary(values: list[float]) -> Summary:
 def shift_summary(values: list[float]) -> Summary:
     """Summary of a difference of two rates: its CI kept inside [-1, 1]."""
     return summarize(values, bounds=(-1.0, 1.0))
-
-
-def paired_test_column(a: list[float], b: list[float]) -> tuple[str, dict[str, Any]]:
-    """The paired test of ``a - b`` over trials as a table cell and its CSV fields: Student's
-    t when Shapiro-Wilk keeps normality, Wilcoxon signed-rank when it rejects it."""
-    comparison = analyze_paired(a, b).comparison
-    if comparison is None:
-        return "n/a (fewer than 3 trials)", {"paired_test": "none", "paired_p": math.nan}
-    return comparison.format(), {
-        "paired_test": comparison.test,
-        "paired_statistic": comparison.statistic,
-        "paired_p": comparison.p,
-        "normality_p": comparison.normality_p,
-    }
 
 
 def _attack_fields(
@@ -976,6 +971,7 @@ class StudyReport:
     transfer: list[Table]
     tests: dict[tuple[Any, ...], StudyTest]
     texts: list[AttackedText]
+    explanation_panels: list[FigureImage]
 
     def all_tables(self) -> list[Table]:
         """Every table, in report order."""
@@ -1002,6 +998,8 @@ def analyse(store: ResultStore) -> StudyReport:
         "significance": significance_table(tests),
         "poisoning": poisoned,
         "poisoning_detection": detection,
+        "explanations": stability_table(cells),
+        "explanation_agreement": agreement_table(cells),
     }
     return StudyReport(
         store.study() or {},
@@ -1012,6 +1010,7 @@ def analyse(store: ResultStore) -> StudyReport:
         transfer_matrices(plain),
         tests,
         attacked_texts(plain, store),
+        explanation_panels(cells, store.figures()),
     )
 
 
@@ -1086,6 +1085,19 @@ def document(report: StudyReport) -> Document:
             if t["poisoning"].rows
             else [],
         ),
+        Section(
+            "Explanations under attack",
+            [
+                Bullets(tuple(most_stable_defenses(t["explanations"])))
+                if most_stable_defenses(t["explanations"])
+                else Paragraph("No defense was explained in this study."),
+                t["explanations"],
+                t["explanation_agreement"],
+                *report.explanation_panels,
+            ]
+            if t["explanations"].rows
+            else [],
+        ),
         Section("Statistical tests", [t["significance"]]),
         Section(
             "Attacked clinical texts (first trial)",
@@ -1113,6 +1125,8 @@ CSV_FILES = {
     "significance": "tests.csv",
     "poisoning": "poisoning.csv",
     "poisoning_detection": "poisoning_detection.csv",
+    "explanations": "explanations.csv",
+    "explanation_agreement": "explanation_agreement.csv",
 }
 
 

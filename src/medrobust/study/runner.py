@@ -6,6 +6,8 @@ executor can ship it to another process or machine; the local executor calls it 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import importlib.metadata
 import inspect
@@ -17,13 +19,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from medrobust.atomic import write_text_atomically
+from medrobust.atomic import output_folder, remove_stale_temporaries, write_text_atomically
 from medrobust.attacks import ATTACKS
 from medrobust.attacks.adaptive import EOT
 from medrobust.attacks.masking import masking_checks
@@ -34,6 +36,7 @@ from medrobust.defenses import DEFENSES, Defense, TrainingData
 from medrobust.errors import ConfigError
 from medrobust.metrics import (
     clinical_metrics,
+    finite_mean,
     predictions,
     probabilities,
     success_rate,
@@ -41,11 +44,15 @@ from medrobust.metrics import (
 )
 from medrobust.models import TensorSplits, build_model, prepare_inputs
 from medrobust.models.text import decode, protected_token_ids
+from medrobust.study.explanations import ExplainSettings, explain_attack, explain_defense
 from medrobust.study.plan import Cell, derive_seed, plan_cells
 from medrobust.study.poisoning import check_poisonings_on_data, run_poisoning_cell
-from medrobust.study.spec import StudySpec
+from medrobust.study.spec import EXECUTION_KEYS, StudySpec
 from medrobust.study.store import CellResult, ExampleRow, ResultStore, TextSample
 from medrobust.training import FitConfig, fit, load_checkpoint, predict_logits
+
+if TYPE_CHECKING:
+    from medrobust.study.executors import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -154,12 +161,6 @@ def _inference_ms(model: nn.Module, x: torch.Tensor) -> float:
     return 1000.0 * min(times) / max(len(x), 1)
 
 
-def _mean(values: np.ndarray) -> float:
-    """Mean over the finite values (NaN when there are none, e.g. L2 of token changes)."""
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if len(finite) else math.nan
-
-
 def _text_samples(
     tokenizer: Any,
     x: torch.Tensor,
@@ -205,6 +206,7 @@ class CellOutcome:
     attack_config: dict[str, Any] = field(default_factory=dict)
     samples: list[TextSample] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    figures: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def evaluate_cell(
@@ -337,9 +339,9 @@ def evaluate_cell(
             if target is not None
             else math.nan
         ),
-        "mean_linf": _mean(norms["linf"]),
-        "mean_l2": _mean(norms["l2"]),
-        "mean_l0": _mean(norms["l0"]),
+        "mean_linf": finite_mean(norms["linf"]),
+        "mean_l2": finite_mean(norms["l2"]),
+        "mean_l0": finite_mean(norms["l0"]),
     }
     if classes == 2:
         metrics.update(_flip_rates(y.numpy(), clean_pred, adv_pred, positive))
@@ -359,7 +361,28 @@ def evaluate_cell(
     if tokenizer is not None and attack.inputs == "tokens" and attack.perturbs == "inputs":
         flipped = (clean_pred == y.numpy()) & (adv_pred != y.numpy())
         samples = _text_samples(tokenizer, x, adversarial, subset, flipped)
-    return CellOutcome(metrics, rows, attack.params(), samples)
+    timings = {}
+    figures: list[tuple[str, bytes]] = []
+    if cell.explain is not None:
+        start = time.perf_counter()
+        model_title = cell.model_label or cell.model
+        if cell.defense is not None:
+            model_title += f" + {cell.defense_label}"
+        explained, figures = explain_attack(
+            ExplainSettings.from_dict(cell.explain),
+            model,
+            task,
+            x,
+            adversarial,
+            y,
+            seed=derive_seed(cell.cell_id, "explain"),
+            panel_title=(model_title, cell.label.split("/")[2]) if cell.trial == 0 else None,
+            adv_pred=adv_pred,
+            tokenizer=tokenizer,
+        )
+        metrics.update(explained)
+        timings["explain_seconds"] = time.perf_counter() - start
+    return CellOutcome(metrics, rows, attack.params(), samples, timings, figures)
 
 
 def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResult]:
@@ -410,6 +433,26 @@ def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResu
             defense=defense,
             base=model,
         )
+        if cell.explain is not None and cell.attack is None and cell.defense is not None:
+            explain_start = time.perf_counter()
+            undefended = model
+            if cell.retrained:  # the undefended twin trains in its own group (or has already)
+                twin = cell.undefended()
+                if twin.training_key not in surrogates:
+                    surrogates[twin.training_key] = train_or_load(twin, task, checkpoints)[0]
+                undefended = surrogates[twin.training_key]
+            outcome.metrics.update(
+                explain_defense(
+                    ExplainSettings.from_dict(cell.explain),
+                    evaluated,
+                    undefended,
+                    task,
+                    x_test,
+                    y_test,
+                    seed=derive_seed(cell.cell_id, "explain"),
+                )
+            )
+            outcome.timings["explain_seconds"] = time.perf_counter() - explain_start
         record = cell.to_dict()
         if outcome.attack_config:
             record["attack_config"] = outcome.attack_config
@@ -425,6 +468,7 @@ def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResu
             time.perf_counter() - start,
             outcome.samples,
             outcome.timings,
+            outcome.figures,
         )
 
 
@@ -503,27 +547,42 @@ def run_study(
     *,
     output: str | Path | None = None,
     on_cell: Callable[[CellResult, int, int], None] | None = None,
+    executor: Executor | str | None = None,
 ) -> Path:
     """Run the cells of ``spec`` missing from its store; returns the store's path.
 
     Data files for every task are located (or downloaded) first, so a missing file fails before
-    any compute with one message that lists them all.
+    any compute with one message that lists them all. Each cell is stored as soon as it is
+    finished, whichever executor runs it.
 
     Args:
         spec: the validated study.
         output: folder for the store, checkpoints and reports (default: ``spec.output``).
         on_cell: called after each stored cell with (result, cells done, cells total).
+        executor: how the cell groups run: ``"local"`` or ``"ray"`` (with the spec's execution
+            settings), an :class:`~medrobust.study.executors.Executor`, or ``None`` for the
+            spec's ``executor``.
     """
+    from medrobust.study import executors  # local: executors imports this module
+
+    if not isinstance(executor, executors.Executor):
+        execution = spec.execution
+        if executor is not None:
+            execution = dataclasses.replace(execution, executor=executor)
+        executor = executors.make_executor(execution, device=spec.device)
     out = Path(output or spec.output)
+    output_folder(out, create=False)  # a file of that name fails now, before any compute
     ensure_files([t.name for t in spec.tasks])
     check_poisonings_on_data(spec.poisonings, [t.name for t in spec.tasks])
     cells = plan_cells(spec)
-    # Where results go, the device and the declared intended use do not change the rows.
-    identity = {
-        k: v for k, v in spec.to_dict().items() if k not in ("output", "device", "intended_use")
-    }
+    # Where results go, the device, the declared intended use and how the study runs (executor,
+    # cluster, retries, resources) do not change the rows.
+    ignored = ("output", "device", "intended_use", *EXECUTION_KEYS)
+    identity = {k: v for k, v in spec.to_dict().items() if k not in ignored}
     store = ResultStore(out / "results.sqlite", identity)
     try:
+        # The store is this study's: what a killed run left half-written can go.
+        remove_stale_temporaries(out)
         provenance = run_provenance([t.name for t in spec.tasks], spec.device)
         store.record_run({**provenance, "intended_use": spec.intended_use})
         done = store.done_ids()
@@ -531,9 +590,13 @@ def run_study(
         finished = len(cells) - len(todo)
         if finished:
             logger.info("resuming: %d of %d cells already in the store", finished, len(cells))
-        for group in group_cells(todo):
-            for result in run_group([c.to_dict() for c in group], str(out)):
+        groups = [[c.to_dict() for c in group] for group in group_cells(todo)]
+        with contextlib.closing(executor.run(groups, str(out))) as results:
+            for result in results:
+                if result.cell_id in done:  # a retried group yields its cells again
+                    continue
                 store.write(result)
+                done.add(result.cell_id)
                 finished += 1
                 if on_cell is not None:
                     on_cell(result, finished, len(cells))

@@ -68,6 +68,7 @@ from medrobust.models import get_model_spec
 from medrobust.study.checks import check_finite
 from medrobust.study.checks import check_keys as _check_keys
 from medrobust.study.checks import expect as _expect
+from medrobust.study.explanations import ExplainSettings, parse_explain
 from medrobust.study.poisoning import PoisoningEntry, check_poisoning, parse_poisoning
 from medrobust.training import FitConfig
 from medrobust.types import UNBOUNDED, Domain, TaskKind
@@ -301,13 +302,14 @@ class ExecutionSpec:
                 f"Got {self.address!r} instead."
             )
         retries = self.retries
-        if isinstance(retries, bool) or not isinstance(retries, int):
+        if (
+            isinstance(retries, bool)
+            or not isinstance(retries, int)
+            or not 0 <= retries <= MAX_RETRIES
+        ):
             raise ConfigError(
-                f"study.retries must be an integer from 0 to {MAX_RETRIES}. Got {retries!r} instead."
-            )
-        if not 0 <= retries <= MAX_RETRIES:
-            raise ConfigError(
-                f"study.retries must be an integer from 0 to {MAX_RETRIES}. Got {retries} instead."
+                f"study.retries must be an integer from 0 to {MAX_RETRIES}. "
+                f"Got {retries!r} instead."
             )
 
     def resources_for(self, task: str) -> GroupResources:
@@ -347,6 +349,7 @@ class StudySpec:
     intended_use: str = ""
     poisonings: tuple[PoisoningEntry, ...] = ()
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
+    explain: ExplainSettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (stored with the results). The execution settings
@@ -382,6 +385,8 @@ class StudySpec:
         }
         if self.poisonings:  # absent otherwise, so that earlier stores keep their identity
             form["poisonings"] = [p.to_dict() for p in self.poisonings]
+        if self.explain is not None:  # likewise
+            form["explain"] = self.explain.to_dict()
         form.update(self.execution.to_dict())  # nothing by default, for the same reason
         return form
 
@@ -672,6 +677,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
             "device",
             "output",
             "intended_use",
+            "explain",
             *EXECUTION_KEYS,
         },
     )
@@ -737,6 +743,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         ).strip(),
         poisonings=poisonings,
         execution=execution,
+        explain=parse_explain("study.explain", study.get("explain")),
     )
     from medrobust.study.plan import count_cells, plan_cells  # local: plan imports this module
 

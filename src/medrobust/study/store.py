@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS samples (
     adversarial TEXT NOT NULL,
     PRIMARY KEY (cell_id, example)
 );
+CREATE TABLE IF NOT EXISTS figures (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id),
+    name TEXT NOT NULL,
+    png BLOB NOT NULL,
+    PRIMARY KEY (cell_id, name)
+);
 CREATE TABLE IF NOT EXISTS timings (
     cell_id TEXT PRIMARY KEY REFERENCES cells(cell_id),
     train_seconds REAL NOT NULL,
@@ -97,6 +103,7 @@ class CellResult:
     eval_seconds: float
     samples: Sequence[TextSample] = ()
     timings: dict[str, float] = field(default_factory=dict)
+    figures: Sequence[tuple[str, bytes]] = ()
 
 
 def _clean_json(value: Any) -> Any:
@@ -274,6 +281,10 @@ class ResultStore:
                 "INSERT INTO samples VALUES (?, ?, ?, ?)",
                 [(result.cell_id, t.example, t.original, t.adversarial) for t in result.samples],
             )
+            conn.executemany(
+                "INSERT INTO figures VALUES (?, ?, ?)",
+                [(result.cell_id, name, png) for name, png in result.figures],
+            )
             conn.execute(
                 "INSERT INTO timings VALUES (?, ?, ?, ?)",
                 (
@@ -327,6 +338,15 @@ class ResultStore:
             (cell_id,),
         ).fetchall()
         return [ExampleRow(*r) for r in rows]
+
+    def figures(self) -> list[tuple[str, str, bytes]]:
+        """Figures drawn while the cells ran (explanation panels): (cell id, name, PNG)."""
+        return [
+            (cell_id, name, bytes(png))
+            for cell_id, name, png in self._conn.execute(
+                "SELECT cell_id, name, png FROM figures ORDER BY cell_id, name"
+            )
+        ]
 
     def samples(self, cell_id: str) -> list[TextSample]:
         """The original and adversarial texts stored for one cell (text attacks only)."""
