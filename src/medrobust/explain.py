@@ -73,6 +73,7 @@ from medrobust.attacks.base import (
     check_finite_inputs,
     check_labels,
     check_model_dtype,
+    check_module,
     check_tensor,
     model_placement,
     run_model,
@@ -81,7 +82,7 @@ from medrobust.attacks.base import (
 from medrobust.errors import InputError, ParameterError
 from medrobust.models.text import TextModel
 from medrobust.types import UNBOUNDED, Domain, Modality
-from medrobust.validation import check_number
+from medrobust.validation import check_number, check_seed
 
 EXPLAINERS = ("saliency", "integrated_gradients", "grad_cam")
 """The attribution methods :func:`attribute` computes."""
@@ -89,20 +90,8 @@ EXPLAINERS = ("saliency", "integrated_gradients", "grad_cam")
 STABILITY_METRICS = ("spearman", "top_k_overlap")
 """The per-example metrics of :func:`compare_attributions` (keys of its result)."""
 
-# torch.Generator.manual_seed takes seeds up to 2**64 - 1.
-_MAX_SEED = 2**64 - 1
-
 
 # --- validation -------------------------------------------------------------------------------
-
-
-def _check_model(owner: str, model: Any, name: str = "model") -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise ParameterError(
-            f"The '{name}' parameter of {owner} must be a torch.nn.Module. "
-            f"Got {type(model).__name__} instead."
-        )
-    return model
 
 
 def _check_method(owner: str, method: Any) -> str:
@@ -132,16 +121,6 @@ def _check_domain(owner: str, domain: Any) -> Domain:
             f"Got {type(domain).__name__} instead."
         )
     return domain
-
-
-def _check_seed(owner: str, seed: Any) -> int:
-    check_number(owner, "seed", seed, minimum=0, integer=True)
-    if seed > _MAX_SEED:
-        raise ParameterError(
-            f"The 'seed' parameter of {owner} must be an integer in [0, 2**64 - 1]. "
-            f"Got {seed!r} instead."
-        )
-    return int(seed)
 
 
 def _check_ids(owner: str, name: str, ids: torch.Tensor, text: TextModel) -> None:
@@ -214,7 +193,7 @@ def last_conv_layer(model: nn.Module) -> nn.Module:
         ParameterError: ``model`` is not an ``nn.Module`` or has no such layer (Grad-CAM needs
             one; use saliency or integrated gradients instead).
     """
-    _check_model("last_conv_layer", model)
+    check_module("last_conv_layer", model)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Conv1d)]
     if not convs:
         raise ParameterError(
@@ -365,13 +344,13 @@ def attribute(
             feeds the model, or the model cannot run on them.
     """
     owner = "attribute"
-    _check_model(owner, model)
+    check_module(owner, model)
     method = _check_method(owner, method)
     modality = _check_modality(owner, modality)
     domain = _check_domain(owner, domain)
     steps = int(check_number(owner, "steps", steps, minimum=1, integer=True))
     samples = int(check_number(owner, "samples", samples, minimum=1, integer=True))
-    seed = _check_seed(owner, seed)
+    seed = check_seed(owner, seed)
     batch_size = int(check_number(owner, "batch_size", batch_size, minimum=1, integer=True))
     check_tensor(owner, "x", x)
     device, dtype = model_placement(owner, model)

@@ -9,6 +9,9 @@ import numpy as np
 
 from medrobust.errors import ParameterError
 
+# torch.Generator.manual_seed takes seeds up to 2**64 - 1.
+MAX_SEED = 2**64 - 1
+
 
 def check_number(
     owner: str, name: str, value: Any, *, minimum: float, integer: bool = False
@@ -30,3 +33,18 @@ def check_number(
             f"The '{name}' parameter of {owner} must be {kind} >= {minimum}. Got {value!r} instead."
         )
     return value
+
+
+def check_seed(owner: str, seed: Any) -> int:
+    """``seed`` if it is an integer in [0, 2**64 - 1] (what torch's generators take).
+
+    Raises:
+        ParameterError: in the form of :func:`check_number`.
+    """
+    check_number(owner, "seed", seed, minimum=0, integer=True)
+    if seed > MAX_SEED:
+        raise ParameterError(
+            f"The 'seed' parameter of {owner} must be an integer in [0, 2**64 - 1]. "
+            f"Got {seed!r} instead."
+        )
+    return int(seed)

@@ -34,11 +34,9 @@ from medrobust.metrics import perturbation_norms
 from medrobust.models.text import TextModel
 from medrobust.training import predict_logits
 from medrobust.types import UNBOUNDED, Domain, Modality, Norm, ThreatModel
-from medrobust.validation import check_number
+from medrobust.validation import check_number, check_seed
 
 _INTEGER_DTYPES = (torch.int64, torch.int32)
-# torch.Generator.manual_seed takes seeds up to 2**64 - 1.
-MAX_SEED = 2**64 - 1
 # What a model's forward raises on inputs it cannot eat (shape, dtype, index and unsupported
 # operations): reported as an InputError that names the inputs, with the model's error chained.
 MODEL_ERRORS = (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError)
@@ -316,12 +314,7 @@ class Attack(abc.ABC):
             )
         owner = type(self).__name__
         check_finite(owner, "eps", eps, minimum=0)
-        check_number(owner, "seed", seed, minimum=0, integer=True)
-        if seed > MAX_SEED:
-            raise ParameterError(
-                f"The 'seed' parameter of {owner} must be an integer in [0, 2**64 - 1]. "
-                f"Got {seed!r} instead."
-            )
+        check_seed(owner, seed)
         if not isinstance(domain, Domain):
             raise ParameterError(
                 f"The 'domain' parameter of {owner} must be a medrobust.types.Domain, such as "

@@ -39,7 +39,6 @@ import torch
 from torch import nn
 
 from medrobust.attacks.base import (
-    MAX_SEED,
     check_finite_inputs,
     check_labels,
     check_logits,
@@ -54,7 +53,7 @@ from medrobust.errors import InputError, ParameterError
 from medrobust.models import TensorSplits, build_model
 from medrobust.training import Adversary, FitConfig, FitResult, fit, save_checkpoint
 from medrobust.types import Modality
-from medrobust.validation import check_number
+from medrobust.validation import check_seed
 
 
 def check_task_value(owner: str, task: Any) -> Task:
@@ -65,17 +64,6 @@ def check_task_value(owner: str, task: Any) -> Task:
             f"medrobust.data.load_task). Got {type(task).__name__} instead."
         )
     return task
-
-
-def check_seed(owner: str, seed: Any) -> int:
-    """``seed`` if it is an integer in [0, 2**64 - 1]; a ParameterError otherwise."""
-    check_number(owner, "seed", seed, minimum=0, integer=True)
-    if seed > MAX_SEED:
-        raise ParameterError(
-            f"The 'seed' parameter of {owner} must be an integer in [0, 2**64 - 1]. "
-            f"Got {seed!r} instead."
-        )
-    return int(seed)
 
 
 def check_batch(
