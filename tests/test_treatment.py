@@ -19,6 +19,7 @@ from medrobust.treatment import (
     PlausibilityFilter,
     PolicyController,
     SensorAttack,
+    SensorBias,
     basal_bolus_controller,
     collect_demonstrations,
     expert_dose,
@@ -206,3 +207,26 @@ def test_bad_inputs_raise_documented_errors() -> None:
         )
     with pytest.raises(ConfigError, match="'surrogate'"):
         run_episode(EpisodeConfig("adult#001", hours=1), expert_dose, attack=SensorAttack(eps=1))
+
+
+def test_the_plausibility_filter_limits_the_rate_of_a_sensor_attack_not_its_size(
+    policy: DosingPolicy,
+) -> None:
+    """At 30 mg/dL the filter protects (test above); at 90 mg/dL a gradient-free constant bias
+    and PGD both get through it: the rate limit only delays an offset."""
+    config = EpisodeConfig("adult#001", hours=HOURS, seed=1)
+    controller = PolicyController(policy)
+    guarded = PlausibilityFilter()
+    clean = run_episode(config, controller).outcomes()
+    pgd = run_episode(config, controller, attack=SensorAttack(90.0), sensor_filter=guarded)
+    bias = run_episode(config, controller, attack=SensorBias(90.0), sensor_filter=guarded)
+    assert clean.tbr70 == 0.0
+    assert bias.outcomes().tbr70 > 0.2 and pgd.outcomes().tbr70 > 0.2
+    window = torch.tensor([[100.0, 120.0, 380.0]])
+    biased = SensorBias(90.0).perturb(policy, window, torch.zeros(1, 5))
+    assert biased.tolist() == [[190.0, 210.0, 400.0]]  # clipped to the sensor's range
+    fuzz.note(
+        "treatment: sensor attacks through the plausibility filter, adult#001, 12 h, seed 1",
+        f"clean TBR<70 {clean.tbr70:.3f}; filtered PGD eps 90 {pgd.outcomes().tbr70:.3f}; "
+        f"filtered constant bias +90 mg/dL {bias.outcomes().tbr70:.3f}",
+    )

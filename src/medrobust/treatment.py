@@ -408,6 +408,37 @@ class SensorAttack:
 
 
 @dataclass(frozen=True)
+class SensorBias:
+    """A constant offset of ``eps`` mg/dL on every reading (a miscalibrated or tampered sensor):
+    up for ``"overdose"``, down for ``"underdose"``, clipped to the sensor range. It needs no
+    gradient and it is the adaptive attack on :class:`PlausibilityFilter`: the filter's rate
+    limit only delays an offset (by ``eps / (max_rate x 3 min)`` samples), it cannot remove it.
+
+    Shape:
+        window (N, W), context (N, 5) -> (N, W).
+    """
+
+    eps: float
+    direction: Literal["overdose", "underdose"] = "overdose"
+
+    def __post_init__(self) -> None:
+        _finite("SensorBias", "eps", self.eps, minimum=0)
+        if self.direction not in ("overdose", "underdose"):
+            raise ConfigError(
+                "The 'direction' parameter of SensorBias must be 'overdose' or 'underdose'. "
+                f"Got {self.direction!r} instead."
+            )
+
+    def perturb(
+        self, policy: DosingPolicy, window: torch.Tensor, context: torch.Tensor
+    ) -> torch.Tensor:
+        """The biased windows (``policy`` and ``context`` are not read)."""
+        del policy, context
+        sign = 1.0 if self.direction == "overdose" else -1.0
+        return (window.detach() + sign * self.eps).clamp(*CGM_RANGE)
+
+
+@dataclass(frozen=True)
 class PlausibilityFilter:
     """A physiological plausibility filter on the CGM stream, applied before the controller.
 
@@ -465,7 +496,7 @@ def run_episode(
     config: EpisodeConfig,
     controller: Controller,
     *,
-    attack: SensorAttack | None = None,
+    attack: SensorAttack | SensorBias | None = None,
     surrogate: DosingPolicy | None = None,
     sensor_filter: PlausibilityFilter | None = None,
 ) -> Episode:
