@@ -230,3 +230,20 @@ def test_the_plausibility_filter_limits_the_rate_of_a_sensor_attack_not_its_size
         f"clean TBR<70 {clean.tbr70:.3f}; filtered PGD eps 90 {pgd.outcomes().tbr70:.3f}; "
         f"filtered constant bias +90 mg/dL {bias.outcomes().tbr70:.3f}",
     )
+
+
+def test_glucose_trace_figure_shows_an_attacked_episode_beside_its_clean_twin(
+    policy: DosingPolicy,
+) -> None:
+    from medrobust.study.treatment_figures import glucose_trace_figure
+
+    config = EpisodeConfig("child#001", hours=6.0, seed=2)
+    controller = PolicyController(policy)
+    clean = run_episode(config, controller)
+    attacked = run_episode(config, controller, attack=SensorAttack(30.0))
+    figure = glucose_trace_figure(clean, attacked, attack="PGD overdose eps=30 mg/dL")
+    assert figure.png.startswith(b"\x89PNG") and len(figure.png) > 20_000
+    assert figure.name == "glucose_trace_child_001_pgd_overdose_eps_30_mg_dl"
+    other = run_episode(EpisodeConfig("child#001", hours=6.0, seed=3), controller)
+    with pytest.raises(InputError, match="same patient, seed and length"):
+        glucose_trace_figure(clean, other, attack="none")
