@@ -75,7 +75,11 @@ def test_a_study_measures_draws_and_reports_explanation_stability(
     store = run_study(parse_spec(_config(examples=4, methods=methods)), output=tmp_path)
     with ResultStore(store) as results:
         cells = results.cells()
-        figures = results.figures()
+        figures = [
+            (cell_id, name, png)
+            for cell_id in results.figure_cell_ids()
+            for name, png in results.figures(cell_id)
+        ]
     attacked = [c for c in cells if c["attack"] is not None]
     assert len(attacked) == 2 * 3  # undefended, smoothed and smoothed-adaptive, two trials
     for cell in attacked:

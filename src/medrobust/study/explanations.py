@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -400,13 +401,18 @@ def most_stable_defenses(table: Table) -> list[str]:
 
 
 def explanation_panels(
-    cells: list[dict[str, Any]], figures: list[tuple[str, str, bytes]]
+    cells: list[dict[str, Any]],
+    drawn: set[str],
+    read: Callable[[str], list[tuple[str, bytes]]],
 ) -> list[FigureImage]:
     """The panels the report shows: per task, of the undefended attack (first trial) that
-    succeeded most often, and of each defended twin of that attack (plain evaluation)."""
-    drawn: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
-    for cell_id, name, png in figures:
-        drawn[cell_id].append((name, png))
+    succeeded most often, and of each defended twin of that attack (plain evaluation).
+
+    Args:
+        cells: the study's cells.
+        drawn: ids of the cells that stored panels.
+        read: a cell id -> its stored (name, PNG); called only for the panels shown.
+    """
     chosen: dict[str, dict[str, Any]] = {}
     for c in cells:
         if c["cell_id"] not in drawn or c.get("defense") or c.get("source"):
@@ -429,7 +435,7 @@ def explanation_panels(
         for c in shown:
             model = model_name(c) + (f" + {c['defense_label']}" if c.get("defense") else "")
             attack = attack_label(attack_name(c), c["norm"], c["eps"], c["targeted"])
-            for name, png in drawn[c["cell_id"]]:
+            for name, png in read(c["cell_id"]):
                 panels.append(
                     FigureImage(
                         f"{name}_{c['cell_id'][:8]}",

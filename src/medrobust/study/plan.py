@@ -134,8 +134,10 @@ class Cell:
         return _hash(payload)
 
     @property
-    def label(self) -> str:
-        """Short human-readable name."""
+    def evaluation(self) -> str:
+        """What the cell does to its model: ``clean``, ``pgd-linf eps=0.03 targeted``, ..."""
+        if self.poisoning is not None:
+            return f"{self.poisoning['label']} rate={self.poisoning['rate']:g}"
         what = "clean" if self.attack is None else f"{self.attack}-{self.norm} eps={self.eps:g}"
         if self.targeted:
             what += " targeted"
@@ -143,12 +145,15 @@ class Cell:
             what += f" from {self.source['model_label']}"
         if self.adaptive:
             what += " adaptive"
-        if self.poisoning is not None:
-            what = f"{self.poisoning['label']} rate={self.poisoning['rate']:g}"
+        return what
+
+    @property
+    def label(self) -> str:
+        """Short human-readable name."""
         model = self.model_label or self.model
         if self.defense is not None:
             model += f"+{self.defense_label}"
-        return f"{self.task}/{model}/{what}/trial {self.trial}"
+        return f"{self.task}/{model}/{self.evaluation}/trial {self.trial}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict form."""

@@ -1010,7 +1010,7 @@ def analyse(store: ResultStore) -> StudyReport:
         transfer_matrices(plain),
         tests,
         attacked_texts(plain, store),
-        explanation_panels(cells, store.figures()),
+        explanation_panels(cells, store.figure_cell_ids(), store.figures),
     )
 
 
@@ -1088,8 +1088,8 @@ def document(report: StudyReport) -> Document:
         Section(
             "Explanations under attack",
             [
-                Bullets(tuple(most_stable_defenses(t["explanations"])))
-                if most_stable_defenses(t["explanations"])
+                Bullets(most_stable)
+                if (most_stable := tuple(most_stable_defenses(t["explanations"])))
                 else Paragraph("No defense was explained in this study."),
                 t["explanations"],
                 t["explanation_agreement"],

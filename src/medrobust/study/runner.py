@@ -376,7 +376,7 @@ def evaluate_cell(
             adversarial,
             y,
             seed=derive_seed(cell.cell_id, "explain"),
-            panel_title=(model_title, cell.label.split("/")[2]) if cell.trial == 0 else None,
+            panel_title=(model_title, cell.evaluation) if cell.trial == 0 else None,
             adv_pred=adv_pred,
             tokenizer=tokenizer,
         )

@@ -339,14 +339,16 @@ class ResultStore:
         ).fetchall()
         return [ExampleRow(*r) for r in rows]
 
-    def figures(self) -> list[tuple[str, str, bytes]]:
-        """Figures drawn while the cells ran (explanation panels): (cell id, name, PNG)."""
-        return [
-            (cell_id, name, bytes(png))
-            for cell_id, name, png in self._conn.execute(
-                "SELECT cell_id, name, png FROM figures ORDER BY cell_id, name"
-            )
-        ]
+    def figure_cell_ids(self) -> set[str]:
+        """Ids of the cells that drew figures while they ran (explanation panels)."""
+        return {r[0] for r in self._conn.execute("SELECT DISTINCT cell_id FROM figures")}
+
+    def figures(self, cell_id: str) -> list[tuple[str, bytes]]:
+        """The figures one cell drew while it ran: (name, PNG)."""
+        rows = self._conn.execute(
+            "SELECT name, png FROM figures WHERE cell_id = ? ORDER BY name", (cell_id,)
+        )
+        return [(name, bytes(png)) for name, png in rows]
 
     def samples(self, cell_id: str) -> list[TextSample]:
         """The original and adversarial texts stored for one cell (text attacks only)."""
