@@ -19,7 +19,8 @@ factor) and returns an insulin dose in U/min.
   window (L2), towards an overdose (hypoglycaemia) or an underdose (hyperglycaemia), clipped to
   the sensor's range. Crafted on a surrogate policy, it is a transfer attack.
 - Defenses: :class:`PlausibilityFilter` (rate-of-change and range limits on the CGM stream),
-  :class:`ActionSmoothing` (median or mean dose over noisy copies of the window), and adversarial
+  :class:`ActionSmoothing` (median or mean dose over noisy copies of the window; its adaptive
+  attacker crafts on :class:`EOTPolicy`, the expectation over the noise), and adversarial
   training. :class:`Episode` records the seconds each part took, so overheads are measured.
 - :func:`glucose_outcomes` gives the clinical outcomes of a BG trace: time in range 70–180
   mg/dL, below 70 and 54, above 180, LBGI/HBGI and the risk index (Kovatchev et al. 1997, 2006),
@@ -95,6 +96,15 @@ def _simglucose() -> dict[str, Any]:
         "T1DSimEnv": T1DSimEnv,
         "RandomScenario": RandomScenario,
     }
+
+
+def require_simglucose() -> None:
+    """Fail with the install command when simglucose is missing.
+
+    Raises:
+        ConfigError: 'The treatment task needs simglucose: pip install "medrobust[treatment]".'
+    """
+    _simglucose()
 
 
 def check_patient(name: Any) -> str:
@@ -305,6 +315,43 @@ class ActionSmoothing:
             )
 
 
+class EOTPolicy(nn.Module):
+    """The adaptive attacker's view of a smoothed controller: the policy's log1p(dose / basal)
+    averaged over ``samples`` draws of :class:`ActionSmoothing`'s noise (expectation over
+    transformation, Athalye et al. 2018), so that a gradient attack aims at what the smoothed
+    controller does on average rather than at one noise draw. The draws are seeded.
+
+    Shape:
+        window (N, W), context (N, 5) -> (N,).
+    """
+
+    def __init__(
+        self, policy: DosingPolicy, smoothing: ActionSmoothing, *, samples: int = 8, seed: int = 0
+    ) -> None:
+        super().__init__()
+        _finite("EOTPolicy", "samples", samples, minimum=1, integer=True)
+        _finite("EOTPolicy", "seed", seed, minimum=0, integer=True)
+        self.policy = policy
+        self.sigma = float(smoothing.sigma)
+        self.samples = samples
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def log_ratio(self, window: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The mean log dose ratio over the noise draws."""
+        n, w = window.shape
+        noise = torch.randn((self.samples, n, w), generator=self._generator) * self.sigma
+        noisy = (window[None] + noise).clamp(*CGM_RANGE).reshape(self.samples * n, w)
+        ratios = self.policy.log_ratio(noisy, context.repeat(self.samples, 1))
+        return ratios.reshape(self.samples, n).mean(0)
+
+    def forward(self, window: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return torch.expm1(self.log_ratio(window, context)) * context[:, 2]
+
+
+AttackedPolicy = DosingPolicy | EOTPolicy
+"""What a sensor attack computes its gradient on: a policy, or its smoothed expectation."""
+
+
 class PolicyController:
     """A :class:`DosingPolicy` as a :class:`Controller`, optionally with action smoothing."""
 
@@ -374,7 +421,7 @@ class SensorAttack:
         return (clean + delta).clamp(*CGM_RANGE)
 
     def perturb(
-        self, policy: DosingPolicy, window: torch.Tensor, context: torch.Tensor
+        self, policy: AttackedPolicy, window: torch.Tensor, context: torch.Tensor
     ) -> torch.Tensor:
         """The attacked windows; ``window`` is not mutated and the policy's mode is restored."""
         if window.ndim != 2 or not torch.isfinite(window).all():
@@ -430,7 +477,7 @@ class SensorBias:
             )
 
     def perturb(
-        self, policy: DosingPolicy, window: torch.Tensor, context: torch.Tensor
+        self, policy: AttackedPolicy, window: torch.Tensor, context: torch.Tensor
     ) -> torch.Tensor:
         """The biased windows (``policy`` and ``context`` are not read)."""
         del policy, context
@@ -487,6 +534,14 @@ class Episode:
     windows: list[np.ndarray] = field(default_factory=list, repr=False)
     contexts: list[np.ndarray] = field(default_factory=list, repr=False)
 
+    @property
+    def simulated_steps(self) -> int:
+        """Steps simulated before the simulator stopped (all of them if it did not): the
+        readings of the steps after are unset (0), as no reading is ever below the sensor's
+        39 mg/dL."""
+        unset = np.flatnonzero(self.seen == 0)
+        return int(unset[0]) if unset.size else int(self.seen.size)
+
     def outcomes(self) -> GlucoseOutcomes:
         """The clinical outcomes of the true BG trace."""
         return glucose_outcomes(self.bg, SAMPLE_MINUTES)
@@ -497,12 +552,13 @@ def run_episode(
     controller: Controller,
     *,
     attack: SensorAttack | SensorBias | None = None,
-    surrogate: DosingPolicy | None = None,
+    surrogate: AttackedPolicy | None = None,
     sensor_filter: PlausibilityFilter | None = None,
 ) -> Episode:
     """Simulate ``config`` with ``controller`` in the loop, deterministically for its seed.
 
-    The attack (crafted on ``surrogate``, else on the controller's own policy) perturbs the
+    The attack (crafted on ``surrogate``: another policy for a transfer attack, or an
+    :class:`EOTPolicy` for an adaptive one; else on the controller's own policy) perturbs the
     window the controller receives; the filter, if any, then cleans it. Insulin on board is
     computed from the delivered doses above basal, which the attacker does not touch.
 
@@ -510,9 +566,9 @@ def run_episode(
         ConfigError: an attack without a differentiable policy to craft it on.
     """
     attacked = surrogate or getattr(controller, "policy", None)
-    if attack is not None and not isinstance(attacked, DosingPolicy):
+    if attack is not None and not isinstance(attacked, DosingPolicy | EOTPolicy):
         raise ConfigError(
-            "The 'surrogate' parameter of run_episode must be a DosingPolicy when the "
+            "The 'surrogate' parameter of run_episode must be a DosingPolicy or EOTPolicy when the "
             f"controller has none to attack. Got {surrogate!r} instead."
         )
     sg = _simglucose()
@@ -545,7 +601,7 @@ def run_episode(
             episode.windows.append(window)
             episode.contexts.append(context)
             seen = window
-            if attack is not None and isinstance(attacked, DosingPolicy):
+            if attack is not None and isinstance(attacked, DosingPolicy | EOTPolicy):
                 start = time.perf_counter()
                 w = torch.as_tensor(window, dtype=torch.float32)[None]
                 c = torch.as_tensor(context, dtype=torch.float32)[None]

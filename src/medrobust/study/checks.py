@@ -23,6 +23,14 @@ def expect(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> 
     return value
 
 
+def expect_names(where: str, raw: Any) -> tuple[str, ...]:
+    """``raw`` if it is a list of strings, as a tuple, else a ConfigError."""
+    values = expect(where, raw, list, "a list of names")
+    for value in values:
+        expect(where, value, str, "a list of names")
+    return tuple(values)
+
+
 def check_finite(where: str, value: Any) -> None:
     """Refuse NaN and infinities anywhere in ``value`` (TOML and YAML can write them): no setting
     of a study is infinite, and the config is stored with the results as plain JSON."""

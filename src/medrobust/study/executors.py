@@ -59,6 +59,8 @@ def group_label(group: Group) -> str:
         model += f"+{first.defense_label}"
     if first.poisoning is not None:
         model += f"+{first.poisoning['label']}"
+    if first.treatment is not None and first.treatment.get("trained_with") is not None:
+        model += f"+{first.treatment['defense']['label']}"
     return f"{first.task}/{model}/trial {first.trial} ({len(group)} cells)"
 
 

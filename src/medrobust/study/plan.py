@@ -11,6 +11,9 @@ crafts its examples against the defense's adaptive attacker (EOT or BPDA); its t
 same attack share the attack seed and the attacked examples, so they compare pairwise.
 A cell with ``pretrained = True`` evaluates a model that is trained already (a user's model in an
 audit): it is built, not trained, and a defense that retrains fine-tunes a copy of it.
+A cell with ``treatment`` is one episode of the insulin-dosing task (see
+:mod:`medrobust.study.treatment`): its controller, defense and sensor attack are in that field,
+and the cells of one trial's policy (and of its adversarially trained twin) share a group.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ from typing import Any
 from medrobust.data import get_task_spec
 from medrobust.defenses import DEFENSES
 from medrobust.study.spec import ModelEntry, StudySpec, attack_modalities_ok
+from medrobust.study.treatment import (
+    BASELINE,
+    CONTROLLER_LABELS,
+    POLICY,
+    TREATMENT_TASK,
+    cohort,
+    defense_attack_modes,
+    evaluation_name,
+)
 from medrobust.types import TaskKind
 
 
@@ -68,6 +80,7 @@ class Cell:
     pretrained: bool = False
     poisoning: dict[str, Any] | None = None
     explain: dict[str, Any] | None = None
+    treatment: dict[str, Any] | None = None
 
     @property
     def retrained(self) -> bool:
@@ -90,6 +103,8 @@ class Cell:
             parts.append("pretrained")
         if self.poisoning is not None:
             parts.append(self.poisoning)
+        if self.treatment is not None:
+            parts.append(self.treatment.get("trained_with"))
         if self.retrained:
             parts += [self.defense, self.defense_params]
         return _hash(parts)
@@ -131,6 +146,8 @@ class Cell:
             payload.pop("poisoning")
         if self.explain is None:
             payload.pop("explain")
+        if self.treatment is None:
+            payload.pop("treatment")
         return _hash(payload)
 
     @property
@@ -138,6 +155,8 @@ class Cell:
         """What the cell does to its model: ``clean``, ``pgd-linf eps=0.03 targeted``, ..."""
         if self.poisoning is not None:
             return f"{self.poisoning['label']} rate={self.poisoning['rate']:g}"
+        if self.treatment is not None:
+            return evaluation_name(self.treatment)
         what = "clean" if self.attack is None else f"{self.attack}-{self.norm} eps={self.eps:g}"
         if self.targeted:
             what += " targeted"
@@ -153,6 +172,8 @@ class Cell:
         model = self.model_label or self.model
         if self.defense is not None:
             model += f"+{self.defense_label}"
+        if self.treatment is not None and self.treatment.get("defense") is not None:
+            model += f"+{self.treatment['defense']['label']}"
         return f"{self.task}/{model}/{self.evaluation}/trial {self.trial}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,6 +260,122 @@ def _iter_cells(spec: StudySpec, trials: range) -> Iterator[Cell]:
                                     "detectors": list(poisoning.detectors),
                                 },
                             )
+                        )
+    if spec.treatment is not None:
+        for trial in trials:
+            yield from _treatment_cells(spec, trial)
+
+
+def _treatment_cells(spec: StudySpec, trial: int) -> Iterator[Cell]:
+    """The episodes of one trial of the treatment task: the basal-bolus baseline, the policy and
+    each defense, clean and under each attack, on each evaluated patient."""
+    entry = spec.treatment
+    if entry is None:
+        return
+    params = {"window": entry.window, "hidden": entry.policy["hidden"]}
+    params["depth"] = entry.policy["depth"]
+
+    def training(role: str, policy: dict[str, Any]) -> dict[str, Any]:
+        seeds = [derive_seed(spec.seed, role, trial, i) for i in range(entry.demonstrations)]
+        return {
+            "epochs": policy["epochs"],
+            "batch_size": policy["batch_size"],
+            "lr": policy["lr"],
+            "demonstrations": {
+                "patients": list(entry.training_patients),
+                "seeds": seeds,
+                "hours": entry.demonstration_hours,
+            },
+        }
+
+    surrogate = {
+        "params": {
+            "window": entry.window,
+            "hidden": entry.surrogate["hidden"],
+            "depth": entry.surrogate["depth"],
+        },
+        "training": training("surrogate demonstration", dict(entry.surrogate)),
+        "init_seed": derive_seed(spec.seed, "init", TREATMENT_TASK, "surrogate", trial),
+    }
+    common: dict[str, Any] = {
+        "task": TREATMENT_TASK,
+        "trial": trial,
+        "split_seed": 0,
+        "attack": None,
+        "norm": None,
+        "eps": None,
+        "attack_params": {},
+        "max_attack_examples": 0,
+        "device": spec.device,
+    }
+
+    def episode(patient: str, controller: str) -> dict[str, Any]:
+        return {
+            "patient": patient,
+            "cohort": cohort(patient),
+            "hours": entry.hours,
+            "scenario_seed": derive_seed(spec.seed, "scenario", patient, trial),
+            "controller": controller,
+            "defense": None,
+            "attack": None,
+        }
+
+    if entry.baseline:
+        for patient in entry.patients:
+            yield Cell(
+                **common,
+                model=BASELINE,
+                model_label=CONTROLLER_LABELS[BASELINE],
+                model_params={"window": entry.window},
+                training={},
+                init_seed=0,
+                attack_seed=0,
+                treatment=episode(patient, BASELINE),
+            )
+    policy_fields: dict[str, Any] = {
+        "model": POLICY,
+        "model_label": CONTROLLER_LABELS[POLICY],
+        "model_params": params,
+        "training": training("demonstration", dict(entry.policy)),
+        "init_seed": derive_seed(spec.seed, "init", TREATMENT_TASK, POLICY, trial),
+    }
+    for defense in (None, *entry.defenses):
+        defended: dict[str, Any] = {}
+        if defense is not None:
+            defended["defense"] = defense.to_dict()
+            if defense.retrains:
+                defended["trained_with"] = dict(defense.params)
+        for patient in entry.patients:
+            yield Cell(
+                **common,
+                **policy_fields,
+                attack_seed=0,
+                treatment={**episode(patient, POLICY), **defended},
+            )
+            for attack, adaptive in defense_attack_modes(entry, defense):
+                for direction in attack.directions:
+                    for eps in attack.eps:
+                        fields = {
+                            "name": attack.name,
+                            "label": attack.label,
+                            "direction": direction,
+                            "eps": eps,
+                            "params": dict(attack.params),
+                            "transfer": attack.transfer,
+                            "adaptive": adaptive,
+                        }
+                        extra: dict[str, Any] = {"attack": fields}
+                        if attack.transfer:
+                            extra["surrogate"] = surrogate
+                        if trial == 0 and patient == entry.patients[0]:
+                            extra["trace"] = True
+                        yield Cell(
+                            **common,
+                            **policy_fields,
+                            attack_seed=derive_seed(
+                                spec.seed, "sensor attack", patient, fields, trial
+                            ),
+                            treatment={**episode(patient, POLICY), **defended, **extra},
                         )
 
 

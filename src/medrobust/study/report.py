@@ -18,6 +18,7 @@ from medrobust.atomic import output_folder, write_bytes_atomically, write_text_a
 from medrobust.attacks.masking import MASKING_CHECKS
 from medrobust.defenses import DEFENSES
 from medrobust.stats import Summary, one_way_anova, summarize
+from medrobust.study import treatment_report
 from medrobust.study.analysis import (
     UNDEFENDED,
     OutcomeReader,
@@ -972,6 +973,7 @@ class StudyReport:
     tests: dict[tuple[Any, ...], StudyTest]
     texts: list[AttackedText]
     explanation_panels: list[FigureImage]
+    glucose_traces: list[FigureImage]
 
     def all_tables(self) -> list[Table]:
         """Every table, in report order."""
@@ -981,11 +983,15 @@ class StudyReport:
 def analyse(store: ResultStore) -> StudyReport:
     """Compute every table and test of the report from an open store."""
     stored = store.cells()
-    cells = [c for c in stored if not c.get("poisoning")]  # training-time attacks: own tables
+    # Training-time attacks and the treatment task have their own tables.
+    cells = [c for c in stored if not c.get("poisoning") and not c.get("treatment")]
     poisoned, detection = poisoning_tables(stored)
     plain = undefended_cells(cells)
     read = OutcomeReader(store)
     tests = study_tests(cells, read)
+    drawn = store.figure_cell_ids()
+    study = store.study() or {}
+    dosing = treatment_report.in_study_order(stored, study)
     tables = {
         "clean": clean_table(plain),
         "attacks": attack_table(plain),
@@ -1000,9 +1006,13 @@ def analyse(store: ResultStore) -> StudyReport:
         "poisoning_detection": detection,
         "explanations": stability_table(cells),
         "explanation_agreement": agreement_table(cells),
+        "treatment": treatment_report.outcome_table(dosing),
+        "treatment_cohorts": treatment_report.cohort_table(dosing),
+        "treatment_tests": treatment_report.outcome_tests_table(dosing),
+        "treatment_overhead": treatment_report.overhead_table(dosing),
     }
     return StudyReport(
-        store.study() or {},
+        study,
         store.runs(),
         cells,
         tables,
@@ -1010,7 +1020,8 @@ def analyse(store: ResultStore) -> StudyReport:
         transfer_matrices(plain),
         tests,
         attacked_texts(plain, store),
-        explanation_panels(cells, store.figure_cell_ids(), store.figures),
+        explanation_panels(cells, drawn, store.figures),
+        treatment_report.glucose_trace_panels(dosing, drawn, store.figures),
     )
 
 
@@ -1032,8 +1043,10 @@ def _overview(report: StudyReport) -> Paragraph:
     train_s = sum(c["train_seconds"] for c in trained)
     attacked = [c for c in cells if c["attack"] is not None]
     early = sum(bool(c.get("attack_config", {}).get("stop_when_adversarial")) for c in attacked)
+    episodes = sum(r["episodes"] for r in report.tables["treatment"].records)
+    dosing = f" and {episodes} insulin-dosing episodes" if episodes else ""
     return Paragraph(
-        f"{len(cells)} cells, {study.get('trials', '?')} trials per configuration, seed "
+        f"{len(cells)} cells{dosing}, {study.get('trials', '?')} trials per configuration, seed "
         f"{study.get('seed', '?')}. Training time over all models: {train_s:.0f} s. "
         "Success rate = fraction of originally correct test examples that the attack made "
         "wrong. Sensitivity, specificity, FNR and FPR are for each task's declared positive "
@@ -1047,9 +1060,10 @@ def document(report: StudyReport) -> Document:
     t = report.tables
     records = {kind: t[kind].records for kind in ("attacks", "defenses", "overhead", "certified")}
     clinical = t["clinical"].records
+    evasion = bool(report.cells)  # a study of training-time attacks or dosing alone has none
     sections = [
         validation_summary(report.study, report.runs, report.cells, t, report.tests),
-        Section("Clean performance", [t["clean"]]),
+        Section("Clean performance", [t["clean"]] if evasion else []),
         Section(
             "Attacks",
             [
@@ -1059,9 +1073,14 @@ def document(report: StudyReport) -> Document:
                 *accuracy_vs_eps_figures(records["attacks"], records["defenses"]),
                 t["worst_case"],
                 *report.transfer,
-            ],
+            ]
+            if evasion
+            else [],
         ),
-        Section("Clinical error rates", [*clinical_shift_figures(clinical), t["clinical"]]),
+        Section(
+            "Clinical error rates",
+            [*clinical_shift_figures(clinical), t["clinical"]] if evasion else [],
+        ),
         Section(
             "Defenses",
             [
@@ -1098,7 +1117,20 @@ def document(report: StudyReport) -> Document:
             if t["explanations"].rows
             else [],
         ),
-        Section("Statistical tests", [t["significance"]]),
+        Section(
+            "Treatment plans: insulin dosing under sensor attack",
+            [
+                Paragraph(treatment_report.introduction(report.study)),
+                t["treatment"],
+                t["treatment_tests"],
+                t["treatment_cohorts"],
+                t["treatment_overhead"],
+                *report.glucose_traces,
+            ]
+            if t["treatment"].rows
+            else [],
+        ),
+        Section("Statistical tests", [t["significance"]] if evasion else []),
         Section(
             "Attacked clinical texts (first trial)",
             [
@@ -1127,6 +1159,10 @@ CSV_FILES = {
     "poisoning_detection": "poisoning_detection.csv",
     "explanations": "explanations.csv",
     "explanation_agreement": "explanation_agreement.csv",
+    "treatment": "treatment.csv",
+    "treatment_tests": "treatment_tests.csv",
+    "treatment_cohorts": "treatment_cohorts.csv",
+    "treatment_overhead": "treatment_overhead.csv",
 }
 
 

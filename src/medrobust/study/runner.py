@@ -49,7 +49,9 @@ from medrobust.study.plan import Cell, derive_seed, plan_cells
 from medrobust.study.poisoning import check_poisonings_on_data, run_poisoning_cell
 from medrobust.study.spec import EXECUTION_KEYS, StudySpec
 from medrobust.study.store import CellResult, ExampleRow, ResultStore, TextSample
+from medrobust.study.treatment import run_treatment_group
 from medrobust.training import FitConfig, fit, load_checkpoint, predict_logits
+from medrobust.treatment import require_simglucose
 
 if TYPE_CHECKING:
     from medrobust.study.executors import Executor
@@ -395,6 +397,9 @@ def run_group(cells: Sequence[dict[str, Any]], output: str) -> Iterator[CellResu
     if first.poisoning is not None:
         yield from (_run_poisoning(cell) for cell in parsed)
         return
+    if first.treatment is not None:
+        yield from run_treatment_group(parsed, output)
+        return
     checkpoints = Path(output) / "checkpoints"
     task = load_task(first.task, seed=first.split_seed)
     model, inputs, train_seconds = train_or_load(first, task, checkpoints)
@@ -480,6 +485,7 @@ PROVENANCE_PACKAGES = (
     "statsmodels",
     "scikit-learn",
     "wfdb",
+    "simglucose",
 )
 
 
@@ -573,6 +579,8 @@ def run_study(
     out = Path(output or spec.output)
     output_folder(out, create=False)  # a file of that name fails now, before any compute
     ensure_files([t.name for t in spec.tasks])
+    if spec.treatment is not None:
+        require_simglucose()  # a missing install fails now, not after the other tasks ran
     check_poisonings_on_data(spec.poisonings, [t.name for t in spec.tasks])
     cells = plan_cells(spec)
     # Where results go, the device, the declared intended use and how the study runs (executor,

@@ -46,6 +46,10 @@ nothing; a sweep is several entries with their own ``label``::
     overrides = { image = { sigma = 0.12 }, tabular = { sigma = 0.25 } }
     attacks = ["pgd"]     # evaluate it against these attacks only (default: all)
     models = ["small_cnn"] # defend these model labels only (default: every model it fits)
+
+Training-time attacks are ``[[poisonings]]`` entries (:mod:`medrobust.study.poisoning`); the
+insulin-dosing task is a ``[treatment]`` table (:mod:`medrobust.study.treatment`), and a study
+may consist of it alone, without ``[[tasks]]``.
 """
 
 from __future__ import annotations
@@ -65,11 +69,12 @@ from medrobust.data import get_task_spec
 from medrobust.defenses import DEFENSES
 from medrobust.errors import ConfigError, MedrobustError
 from medrobust.models import get_model_spec
-from medrobust.study.checks import check_finite
+from medrobust.study.checks import check_finite, expect_names
 from medrobust.study.checks import check_keys as _check_keys
 from medrobust.study.checks import expect as _expect
 from medrobust.study.explanations import ExplainSettings, parse_explain
 from medrobust.study.poisoning import PoisoningEntry, check_poisoning, parse_poisoning
+from medrobust.study.treatment import TreatmentEntry, parse_treatment
 from medrobust.training import FitConfig
 from medrobust.types import UNBOUNDED, Domain, TaskKind
 
@@ -350,6 +355,7 @@ class StudySpec:
     poisonings: tuple[PoisoningEntry, ...] = ()
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
     explain: ExplainSettings | None = None
+    treatment: TreatmentEntry | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (stored with the results). The execution settings
@@ -387,6 +393,8 @@ class StudySpec:
             form["poisonings"] = [p.to_dict() for p in self.poisonings]
         if self.explain is not None:  # likewise
             form["explain"] = self.explain.to_dict()
+        if self.treatment is not None:  # likewise
+            form["treatment"] = self.treatment.to_dict()
         form.update(self.execution.to_dict())  # nothing by default, for the same reason
         return form
 
@@ -534,13 +542,6 @@ def _check_attack(
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def _names(where: str, raw: Any) -> tuple[str, ...]:
-    values = _expect(where, raw, list, "a list of names")
-    for value in values:
-        _expect(where, value, str, "a list of names")
-    return tuple(values)
-
-
 def _parse_defense(where: str, raw: Any) -> DefenseEntry:
     raw = _expect(where, raw, dict, "a table with 'name'")
     _check_keys(where, raw, {"name", "label", "params", "overrides", "tasks", "models", "attacks"})
@@ -558,13 +559,13 @@ def _parse_defense(where: str, raw: Any) -> DefenseEntry:
         key: dict(_expect(f"{where}.overrides.{key}", value, dict, "a table of parameters"))
         for key, value in overrides_raw.items()
     }
-    tasks = _names(f"{where}.tasks", raw.get("tasks", []))
+    tasks = expect_names(f"{where}.tasks", raw.get("tasks", []))
     for task in tasks:
         get_task_spec(task)
-    attacks = _names(f"{where}.attacks", raw.get("attacks", []))
+    attacks = expect_names(f"{where}.attacks", raw.get("attacks", []))
     for attack in attacks:
         ATTACKS.get(attack)
-    models = _names(f"{where}.models", raw.get("models", []))
+    models = expect_names(f"{where}.models", raw.get("models", []))
     return DefenseEntry(name, label, params, overrides, tasks, models, attacks)
 
 
@@ -662,7 +663,9 @@ def _parse_execution(study: Mapping[str, Any], task_names: Sequence[str]) -> Exe
 def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     """Validate a config mapping (as read from TOML/YAML) into a :class:`StudySpec`."""
     raw = _expect("The config", raw, dict, "a table")
-    _check_keys("the config", raw, {"study", "tasks", "attacks", "defenses", "poisonings"})
+    _check_keys(
+        "the config", raw, {"study", "tasks", "attacks", "defenses", "poisonings", "treatment"}
+    )
     for key, value in raw.items():
         check_finite(key, value)
     study = dict(_expect("[study]", raw.get("study", {}), dict, "a table"))
@@ -694,9 +697,10 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     device = _expect("study.device", study.get("device", "cpu"), str, "'cpu' or 'cuda[:N]'")
     if not (device == "cpu" or device.startswith("cuda")):
         raise ConfigError(f"study.device must be 'cpu' or 'cuda[:N]'. Got {device!r} instead.")
-    tasks_raw = _expect("tasks", raw.get("tasks"), list, "a non-empty list of [[tasks]] tables")
-    if not tasks_raw:
-        raise ConfigError("The config must list at least one [[tasks]] entry.")
+    treatment = parse_treatment("treatment", raw.get("treatment"))
+    tasks_raw = _expect("tasks", raw.get("tasks", []), list, "a list of [[tasks]] tables")
+    if not tasks_raw and treatment is None:
+        raise ConfigError("The config must list at least one [[tasks]] entry or a [treatment].")
     tasks = tuple(_parse_task(f"tasks[{i}]", t) for i, t in enumerate(tasks_raw))
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
@@ -744,6 +748,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
         poisonings=poisonings,
         execution=execution,
         explain=parse_explain("study.explain", study.get("explain")),
+        treatment=treatment,
     )
     from medrobust.study.plan import count_cells, plan_cells  # local: plan imports this module
 

@@ -22,13 +22,6 @@ TARGET_RANGE = (70.0, 180.0)  # mg/dL: time in range (Battelino et al. 2019)
 SEVERE_LOW = 54.0
 
 
-def _simulated(episode: Episode) -> int:
-    """Samples simulated before the simulator stopped (BG outside 10–600 mg/dL); the readings
-    of the steps after are unset (0), as no reading is ever below the sensor's 39 mg/dL."""
-    unset = np.flatnonzero(episode.seen == 0)
-    return int(unset[0]) if unset.size else int(episode.seen.size)
-
-
 def glucose_trace_figure(clean: Episode, attacked: Episode, *, attack: str) -> FigureImage:
     """Blood glucose of ``attacked`` against ``clean``, the readings the attacked controller saw,
     and both insulin deliveries, over the episode.
@@ -58,7 +51,7 @@ def glucose_trace_figure(clean: Episode, attacked: Episode, *, attack: str) -> F
         glucose.plot(
             hours, attacked.bg, color=attacked_colour, lw=1.6, label="blood glucose, attacked"
         )
-        simulated = _simulated(attacked)
+        simulated = attacked.simulated_steps
         glucose.plot(
             hours[:simulated],
             attacked.seen[:simulated],

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from medrobust.study import treatment_report
 from medrobust.study.analysis import UNDEFENDED, StudyTest, attack_label, model_name
 from medrobust.study.page import Block, Bullets, Heading, Paragraph, Preformatted, Section
 from medrobust.study.table import Table
@@ -53,6 +54,15 @@ def _data(
         classes = ", ".join(f"{i} = {n}" for i, n in enumerate(names)) or "not recorded"
         models = sorted({model_name(c) for c in cells if c["task"] == task})
         items.append(f"{task}: classes {classes}; {declared}; models {', '.join(models)}.")
+    treatment = study.get("treatment")
+    if treatment:
+        items.append(
+            "t1d_dosing (insulin dosing): simglucose's UVa/Padova virtual patients, evaluated "
+            f"{', '.join(treatment['patients'])}; the policy learned from "
+            f"{', '.join(treatment['training_patients'])}; seeded meal scenarios and sensor "
+            "noise, episodes of "
+            f"{treatment['hours']:g} h."
+        )
     blocks: list[Block] = [
         Bullets(tuple(items)),
         Paragraph(
@@ -102,9 +112,18 @@ def _threat_model(study: dict[str, Any]) -> list[Block]:
             f"{attack['name']} ({attack.get('norm', 'linf')}), {kind}, {aim}; budgets "
             f"{_eps_text(attack.get('eps', {}))}" + (f"; {params}" if params else "")
         )
+    for attack in (study.get("treatment") or {}).get("attacks", []):
+        kind = "transfer from a surrogate policy" if attack.get("transfer") else "white-box"
+        items.append(
+            f"t1d_dosing sensor attack {attack['label']} ({attack['name']}), {kind}, towards "
+            f"{' and '.join(attack['directions'])}; budgets "
+            f"{', '.join(f'{e:g}' for e in attack['eps'])} mg/dL per CGM reading"
+        )
     defenses = []
     for entry in study.get("defenses", []):
         defenses.append(f"{entry.get('label') or entry['name']} ({entry['name']})")
+    for entry in (study.get("treatment") or {}).get("defenses", []):
+        defenses.append(f"{entry['label']} ({entry['name']}, insulin dosing)")
     blocks: list[Block] = [
         Paragraph(
             "The attacker perturbs the digital input within a norm ball of radius eps in the "
@@ -116,6 +135,17 @@ def _threat_model(study: dict[str, Any]) -> list[Block]:
         ),
         Bullets(tuple(items)),
     ]
+    if study.get("treatment"):
+        blocks.append(
+            Paragraph(
+                "Insulin dosing (t1d_dosing): the attacker sits between the glucose sensor and "
+                "the dosing controller and rewrites the CGM readings the controller receives, by "
+                "at most eps mg/dL per reading and within the sensor's 39–400 mg/dL; the true "
+                "glucose and the insulin delivered are not touched. FGSM and PGD know the "
+                "policy's weights (or a surrogate's); the bias is a constant offset that needs "
+                "no gradient. The smoothing defense is also attacked adaptively (EOT)."
+            )
+        )
     if defenses:
         blocks.append(Paragraph("Defenses evaluated: " + ", ".join(defenses) + "."))
     return blocks
@@ -211,6 +241,8 @@ def headline(tables: Mapping[str, Table], tests: Mapping[tuple[Any, ...], StudyT
             f"({row['evaluation']} evaluation): {row['defense']} keeps accuracy "
             f"{_ci(row, 'post_defense')} against {_ci(row, 'post_attack')} undefended{p}."
         )
+    if "treatment" in tables:
+        lines += treatment_report.headline(tables["treatment"], tables["treatment_tests"])
     return lines
 
 
