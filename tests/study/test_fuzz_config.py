@@ -25,8 +25,8 @@ from tests.study.conftest import small_config
 
 
 def _rich_config() -> dict[str, Any]:
-    """The small study with a defense, a targeted and a transfer attack and a poisoning: many
-    keys for the mutations to reach."""
+    """The small study with a defense, a targeted and a transfer attack, a poisoning and the
+    insulin-dosing task: many keys for the mutations to reach."""
     raw = small_config()
     raw["study"]["intended_use"] = "Second reader."
     raw["tasks"][0]["models"] = ["mlp", {"name": "mlp", "label": "site2", "train_share": [2, 2]}]
@@ -42,6 +42,27 @@ def _rich_config() -> dict[str, Any]:
         }
     ]
     raw["poisonings"] = [{"name": "label_flip", "rates": [0.1], "tasks": ["wisconsin"]}]
+    raw["treatment"] = {
+        "patients": ["adult#001", "child#001"],
+        "training_patients": ["adult#002"],
+        "hours": 2,
+        "window": 6,
+        "demonstrations": 1,
+        "demonstration_hours": 3,
+        "baseline": True,
+        "policy": {"hidden": 16, "depth": 1, "epochs": 5, "batch_size": 64, "lr": 0.01},
+        "surrogate": {"hidden": 8},
+        "attacks": [
+            {"name": "pgd", "eps": [10, 30], "directions": ["overdose"], "params": {"steps": 3}},
+            {"name": "fgsm", "label": "tr", "eps": 20, "transfer": True},
+            {"name": "bias", "eps": [30]},
+        ],
+        "defenses": [
+            {"name": "plausibility_filter", "params": {"max_rate": 4.0}, "attacks": ["bias"]},
+            {"name": "action_smoothing", "params": {"sigma": 10, "samples": 4}, "eot": 2},
+            {"name": "adversarial_training", "params": {"eps": 20, "steps": 2}},
+        ],
+    }
     return raw
 
 

@@ -234,3 +234,42 @@ def test_the_report_has_the_treatment_section_tables_and_traces(treatment_run: P
     assert "figures/glucose_trace_" in report
     html = (treatment_run / "report.html").read_text()
     assert "Glucose trace under attack" in html
+
+
+def test_an_interrupted_treatment_study_resumes_to_the_rows_of_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("simglucose")
+    from medrobust.study.runner import run_study
+    from medrobust.study.store import ResultStore
+
+    raw = config(patients=["adult#001"], defenses=CONFIG["treatment"]["defenses"][:1])
+    raw["study"]["trials"] = 1
+    spec = parse_spec(raw)
+    total = len(plan_cells(spec))
+    run_study(spec, output=tmp_path / "whole")
+
+    class Stop(Exception):
+        pass
+
+    def stop(_result: Any, done: int, _total: int) -> None:
+        if done == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_study(spec, output=tmp_path / "cut", on_cell=stop)
+    resumed: list[str] = []
+    run_study(spec, output=tmp_path / "cut", on_cell=lambda r, *_: resumed.append(r.cell_id))
+    assert len(resumed) == total - 3
+    with (
+        ResultStore(tmp_path / "whole" / "results.sqlite") as whole,
+        ResultStore(tmp_path / "cut" / "results.sqlite") as cut,
+    ):
+        assert cut.result_rows() == whole.result_rows()
+
+
+def test_ray_resources_may_name_the_treatment_task() -> None:
+    raw = config()
+    raw["study"]["resources"] = {"tasks": {TREATMENT_TASK: {"cpus": 2}}}
+    spec = parse_spec(raw)
+    assert spec.execution.resources_for(TREATMENT_TASK).cpus == 2

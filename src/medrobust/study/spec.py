@@ -74,7 +74,7 @@ from medrobust.study.checks import check_keys as _check_keys
 from medrobust.study.checks import expect as _expect
 from medrobust.study.explanations import ExplainSettings, parse_explain
 from medrobust.study.poisoning import PoisoningEntry, check_poisoning, parse_poisoning
-from medrobust.study.treatment import TreatmentEntry, parse_treatment
+from medrobust.study.treatment import TREATMENT_TASK, TreatmentEntry, parse_treatment
 from medrobust.training import FitConfig
 from medrobust.types import UNBOUNDED, Domain, TaskKind
 
@@ -705,7 +705,7 @@ def parse_spec(raw: Mapping[str, Any]) -> StudySpec:
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"Each task may appear once in a study. Got {names}.")
-    execution = _parse_execution(study, names)
+    execution = _parse_execution(study, [*names, *([TREATMENT_TASK] if treatment else [])])
     attacks_raw = _expect("attacks", raw.get("attacks", []), list, "a list of [[attacks]] tables")
     attacks = tuple(_parse_attack(f"attacks[{i}]", a) for i, a in enumerate(attacks_raw))
     for i, attack in enumerate(attacks):
