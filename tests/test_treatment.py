@@ -15,6 +15,7 @@ from medrobust.errors import ConfigError, InputError, ParameterError
 from medrobust.treatment import (
     ActionSmoothing,
     DosingPolicy,
+    EOTPolicy,
     EpisodeConfig,
     PlausibilityFilter,
     PolicyController,
@@ -247,3 +248,19 @@ def test_glucose_trace_figure_shows_an_attacked_episode_beside_its_clean_twin(
     other = run_episode(EpisodeConfig("child#001", hours=6.0, seed=3), controller)
     with pytest.raises(InputError, match="same patient, seed and length"):
         glucose_trace_figure(clean, other, attack="none")
+
+
+def test_the_adaptive_attacker_crafts_on_the_expected_smoothed_dose(policy: DosingPolicy) -> None:
+    window = torch.linspace(120, 180, 12)[None].repeat(3, 1)
+    context = torch.tensor([[0.0, 0.0, 0.02, 10.0, 40.0]]).repeat(3, 1)
+    exact = EOTPolicy(policy, ActionSmoothing(sigma=0.0), samples=4)
+    assert torch.allclose(exact.log_ratio(window, context), policy.log_ratio(window, context))
+    noisy = EOTPolicy(policy, ActionSmoothing(sigma=15.0), samples=64, seed=1)
+    ratio = noisy.log_ratio(window, context)
+    assert ratio.shape == (3,) and not torch.allclose(ratio, policy.log_ratio(window, context))
+    # Its gradient exists, so PGD runs on it within the budget.
+    attacked = SensorAttack(eps=20.0, steps=5).perturb(noisy, window, context)
+    assert (attacked - window).abs().max() <= 20.0 + 1e-4
+    assert (noisy.log_ratio(attacked, context) > noisy.log_ratio(window, context)).all()
+    with pytest.raises(ParameterError, match="'samples' parameter of EOTPolicy"):
+        EOTPolicy(policy, ActionSmoothing(), samples=0)
