@@ -293,21 +293,25 @@ def _parse_attack(where: str, raw: Any) -> SensorAttackEntry:
     entry = SensorAttackEntry(name, label, eps, directions, params, transfer)
     for value in eps:  # bad parameters fail now, not after training
         for direction in directions:
-            _build_attack(where, entry, value, direction)
+            _build_attack(where, name, params, value, direction)
     return entry
 
 
 def _build_attack(
-    where: str, entry: SensorAttackEntry | Mapping[str, Any], eps: float, direction: str
+    where: str, name: str, params: Mapping[str, Any], eps: float, direction: str
 ) -> SensorAttack | SensorBias:
-    name = entry.name if isinstance(entry, SensorAttackEntry) else entry["name"]
-    params = dict(entry.params if isinstance(entry, SensorAttackEntry) else entry["params"])
+    """The sensor attack ``name`` (fgsm, pgd or bias) at ``eps`` towards ``direction``.
+
+    Raises:
+        ConfigError: bad parameters, named after ``where``.
+    """
+    values = dict(params)
     try:
         if name == "bias":
             return SensorBias(eps=eps, direction=direction)  # type: ignore[arg-type]
         if name == "fgsm":
-            params["steps"] = 0
-        return SensorAttack(eps=eps, direction=direction, **params)  # type: ignore[arg-type]
+            values["steps"] = 0
+        return SensorAttack(eps=eps, direction=direction, **values)  # type: ignore[arg-type]
     except (TypeError, MedrobustError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc
 
@@ -608,10 +612,22 @@ class _Group:
     clean: dict[tuple[str, str], Episode] = field(default_factory=dict)
 
 
-def _episode(cell: Cell, group: _Group, attack: Mapping[str, Any] | None) -> Episode:
-    """Run the episode of ``cell`` (with ``attack``: its own, or ``None`` for its clean twin)."""
-    t = cell.treatment
-    assert t is not None
+def _settings(cell: Cell) -> dict[str, Any]:
+    """The treatment fields of ``cell``.
+
+    Raises:
+        ConfigError: a cell of another kind.
+    """
+    if cell.treatment is None:
+        raise ConfigError(f"{cell.label} is not a treatment cell.")
+    return cell.treatment
+
+
+def _episode(
+    cell: Cell, t: Mapping[str, Any], group: _Group, attack: Mapping[str, Any] | None
+) -> Episode:
+    """Run the episode of ``cell`` with its treatment fields ``t`` (with ``attack``: its own, or
+    ``None`` for its clean twin)."""
     config = EpisodeConfig(
         t["patient"],
         float(t["hours"]),
@@ -621,7 +637,8 @@ def _episode(cell: Cell, group: _Group, attack: Mapping[str, Any] | None) -> Epi
     if cell.model == BASELINE:
         return run_episode(config, basal_bolus_controller(t["patient"]))
     policy = group.policy
-    assert policy is not None
+    if policy is None:
+        raise ConfigError(f"{cell.label}: its group trained no policy (a mixed cell group).")
     defense = t.get("defense")
     wrapper = None if defense is None else _build_defense(defense, seed=int(t["scenario_seed"]))
     smoothing = wrapper if isinstance(wrapper, ActionSmoothing) else None
@@ -629,7 +646,13 @@ def _episode(cell: Cell, group: _Group, attack: Mapping[str, Any] | None) -> Epi
     sensor_filter = wrapper if isinstance(wrapper, PlausibilityFilter) else None
     if attack is None:
         return run_episode(config, controller, sensor_filter=sensor_filter)
-    built = _build_attack(cell.label, attack, float(attack["eps"]), str(attack["direction"]))
+    built = _build_attack(
+        cell.label,
+        str(attack["name"]),
+        attack["params"],
+        float(attack["eps"]),
+        str(attack["direction"]),
+    )
     crafter: DosingPolicy | EOTPolicy = policy
     if attack.get("transfer"):
         source = t["surrogate"]
@@ -657,21 +680,18 @@ def run_treatment_group(cells: Sequence[Cell], output: str) -> Iterator[CellResu
     first = cells[0]
     group = _Group(Path(output) / "checkpoints")
     if first.model == POLICY:
-        treatment = first.treatment
-        assert treatment is not None
         group.policy, group.train_seconds = trained_policy(
             {**first.model_params},
             first.training,
             first.init_seed,
-            treatment.get("trained_with"),
+            _settings(first).get("trained_with"),
             group.folder,
         )
     for cell in cells:
-        t = cell.treatment
-        assert t is not None
+        t = _settings(cell)
         start = time.perf_counter()
         attack = t.get("attack")
-        episode = _episode(cell, group, attack)
+        episode = _episode(cell, t, group, attack)
         defense = t.get("defense")
         twin = ("" if defense is None else str(defense["label"]), str(t["patient"]))
         if attack is None:
@@ -679,7 +699,7 @@ def run_treatment_group(cells: Sequence[Cell], output: str) -> Iterator[CellResu
         figures: list[tuple[str, bytes]] = []
         if attack is not None and t.get("trace"):
             if twin not in group.clean:
-                group.clean[twin] = _episode(cell, group, None)
+                group.clean[twin] = _episode(cell, t, group, None)
             figure = glucose_trace_figure(
                 group.clean[twin],
                 episode,
