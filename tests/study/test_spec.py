@@ -30,6 +30,15 @@ def test_default_study_covers_every_task_with_its_attacks() -> None:
     assert {("breastmnist", "resnet"), ("ecg5000", "conv1d")} <= transferred  # architectures
     assert ("mitbih", "conv1d@share2of2") in transferred  # institutions
     assert len({c.cell_id for c in cells}) == len(cells)
+    dosing = [c.treatment for c in cells if c.treatment is not None]  # and insulin dosing
+    assert {t["cohort"] for t in dosing} == {"adolescent", "adult", "child"}
+    assert {(t["attack"] or {}).get("direction") for t in dosing} == {None, "overdose", "underdose"}
+    assert {(t["defense"] or {}).get("name") for t in dosing} == {
+        None,
+        "plausibility_filter",
+        "action_smoothing",
+        "adversarial_training",
+    }
 
 
 def test_plan_is_stable_and_trials_reseed() -> None:

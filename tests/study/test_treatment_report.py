@@ -18,6 +18,8 @@ from medrobust.study.treatment_report import (
     cohort_table,
     config_names,
     glucose_trace_panels,
+    headline,
+    in_study_order,
     outcome_table,
     outcome_tests_table,
     overhead_table,
@@ -376,3 +378,38 @@ def test_no_treatment_cells_give_tables_without_rows() -> None:
             assert table.markdown().startswith("### ")
         read = Reader()
         assert glucose_trace_panels(cells, {"img-1"}, read) == [] and read.calls == []
+
+
+def test_defenses_follow_the_study_config_order() -> None:
+    smoothing = {"name": "action_smoothing", "label": "smoothing", "params": {}}
+    cells = study(("filter", "policy"))
+    for cell in study(("policy",), trials=(0,)):
+        cell["cell_id"] = "0-" + cell["cell_id"]  # sorts before every filter cell
+        cell["treatment"]["defense"] = smoothing
+        cells.append(cell)
+    config = {"treatment": {"defenses": [{"label": "smoothing"}, {"label": "filter"}]}}
+    ordered = in_study_order([*others(), *sorted(cells, key=lambda c: c["cell_id"])], config)
+    assert column(outcome_table(ordered), "Controller") == [
+        "policy",
+        "policy + smoothing",
+        "policy + filter",
+    ]
+
+
+def test_the_headline_names_the_baseline_the_strongest_attack_and_the_best_defense() -> None:
+    cells = study()
+    lines = headline(outcome_table(cells), outcome_tests_table(cells))
+    policy = mean_of(cells, "policy", "tir")
+    baseline = mean_of(cells, "baseline", "tir")
+    assert lines[0].startswith(f"Insulin dosing: the clean policy's time in range {policy:.3f}")
+    assert f"the basal-bolus controller's {baseline:.3f}" in lines[0]
+    assert "strongest sensor attack (pgd overdose eps=30 mg/dL)" in lines[1]
+    assert f"time in range {mean_of(cells, 'policy_pgd', 'tir'):.3f}" in lines[1]
+    assert "Holm-adjusted p = " in lines[1]
+    # The filter is judged by its adaptive attacker, which keeps less than its plain twin.
+    adaptive = mean_of(cells, "filter_pgd_adaptive", "tir")
+    assert lines[2] == (
+        f"Insulin dosing, best defense under that attack: filter keeps time in range "
+        f"{adaptive:.3f} [95% CI {adaptive:.3f}, {adaptive:.3f}] (adaptive attacker)."
+    )
+    assert headline(outcome_table([]), outcome_tests_table([])) == []
