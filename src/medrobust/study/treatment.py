@@ -571,11 +571,14 @@ def _build_defense(
 
 def episode_metrics(episode: Episode) -> dict[str, float]:
     """The clinical outcomes of an episode, the insulin it delivered (U), the mean error of the
-    readings the controller saw against the true CGM (mg/dL), and whether the simulator
-    stopped early."""
+    readings the controller saw (after any attack and filter) against the true ones (mg/dL),
+    and whether the simulator stopped early."""
     outcomes = episode.outcomes()
     steps = episode.simulated_steps
-    sensor_error = np.abs(episode.seen[:steps] - episode.cgm[:steps])
+    # Against the newest true reading the controller was given (within the sensor's range: a
+    # Dexcom shows LOW / HIGH outside 39-400 mg/dL), so a clean undefended episode has none.
+    true = np.array([window[-1] for window in episode.windows[:steps]])
+    sensor_error = np.abs(episode.seen[:steps] - true)
     return {
         "tir": outcomes.tir,
         "tbr70": outcomes.tbr70,
