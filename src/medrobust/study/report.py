@@ -1183,7 +1183,8 @@ def write_report(store_path: str | Path, output: str | Path | None = None) -> li
     self-contained page), ``figures/*.png``, and the numbers behind each table as CSV:
     ``success_rates.csv``, ``clean.csv``, ``attacks.csv``, ``worst_case.csv``,
     ``clinical.csv``, ``defenses.csv``, ``defense_anova.csv``, ``overhead.csv``,
-    ``certified.csv``, ``tests.csv`` and ``transfer.csv``. Each file is written atomically.
+    ``certified.csv``, ``tests.csv``, ``transfer.csv`` and the files of :data:`CSV_FILES`
+    (poisoning, explanations, insulin dosing). Each file is written atomically.
 
     Returns:
         The paths written, ``report.md`` first.
