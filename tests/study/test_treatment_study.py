@@ -226,6 +226,9 @@ def test_the_report_has_the_treatment_section_tables_and_traces(treatment_run: P
     assert "Insulin dosing: the clean policy's time in range" in report  # headline
     assert "t1d_dosing sensor attack pgd (pgd), white-box" in report  # threat model
     assert "and 52 insulin-dosing episodes" in report
+    assert "No data files: the virtual patients ship in simglucose" in report
+    assert "Insulin dosing is simulated" in report  # limitations
+    assert "Each attack cell attacks a seeded subset" not in report  # no evasion cells
     for name in ("treatment", "treatment_tests", "treatment_cohorts", "treatment_overhead"):
         assert treatment_run / f"{name}.csv" in written
     outcomes = (treatment_run / "treatment.csv").read_text().splitlines()

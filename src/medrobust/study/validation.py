@@ -63,16 +63,17 @@ def _data(
             "noise, episodes of "
             f"{treatment['hours']:g} h."
         )
-    blocks: list[Block] = [
-        Bullets(tuple(items)),
-        Paragraph(
-            f"Each attack cell attacks a seeded subset of at most "
-            f"{study.get('max_attack_examples', '?')} test examples per trial (the same examples "
-            "for every attack, model and defense of a trial, so comparisons are paired); clean "
-            "metrics use the whole test split. Splits are the datasets' official ones where they "
-            "exist, else seeded stratified re-splits."
-        ),
-    ]
+    blocks: list[Block] = [Bullets(tuple(items))]
+    if cells:
+        blocks.append(
+            Paragraph(
+                f"Each attack cell attacks a seeded subset of at most "
+                f"{study.get('max_attack_examples', '?')} test examples per trial (the same "
+                "examples for every attack, model and defense of a trial, so comparisons are "
+                "paired); clean metrics use the whole test split. Splits are the datasets' "
+                "official ones where they exist, else seeded stratified re-splits."
+            )
+        )
     files = {f["path"]: f for run in runs for f in run.get("data_files", [])}
     if files:
         blocks.append(
@@ -81,6 +82,13 @@ def _data(
                 ("File", "Checksum", "Source"),
                 [(f["path"], f["checksum"], f["url"]) for f in files.values()],
                 list(files.values()),
+            )
+        )
+    elif not cells and treatment:
+        blocks.append(
+            Paragraph(
+                "No data files: the virtual patients ship in simglucose (its version is listed "
+                "under Reproducibility)."
             )
         )
     else:
@@ -246,8 +254,19 @@ def headline(tables: Mapping[str, Table], tests: Mapping[tuple[Any, ...], StudyT
     return lines
 
 
+DOSING_LIMITATION = (
+    "Insulin dosing is simulated: simglucose's UVa/Padova virtual patients with its random meal "
+    "scenarios and sensor and pump models, a small policy cloned from a rule-based teacher, and "
+    "episodes that start at midnight. The numbers rank attacks and defenses in that simulator; "
+    "they are not evidence about a real patient, sensor or pump."
+)
+
+
 def _limitations(
-    study: dict[str, Any], tables: Mapping[str, Table], tests: Mapping[tuple[Any, ...], StudyTest]
+    study: dict[str, Any],
+    tables: Mapping[str, Table],
+    tests: Mapping[tuple[Any, ...], StudyTest],
+    evasion: bool = True,
 ) -> list[str]:
     trials = int(study.get("trials", 0) or 0)
     flagged = sum(
@@ -286,6 +305,13 @@ def _limitations(
         "Certified radii are in L2 of the model's input units; they bound the attacks in that "
         "norm only.",
     ]
+    if not evasion:  # the paired tests of the dosing task are in its own table
+        items = [
+            f"{trials} independent trials per configuration (seeded retraining and meal "
+            "scenarios); the dosing tests pair episodes by patient and trial."
+        ]
+    if study.get("treatment"):
+        items.append(DOSING_LIMITATION)
     return items
 
 
@@ -336,7 +362,7 @@ def validation_summary(
         Heading(HEADLINE),
         Bullets(tuple(headline(tables, tests))),
         Heading("Limitations"),
-        Bullets(tuple(_limitations(study, tables, tests))),
+        Bullets(tuple(_limitations(study, tables, tests, evasion=bool(cells)))),
         Heading("Reproducibility"),
         *_reproducibility(study, runs, len(cells)),
     ]
