@@ -272,8 +272,11 @@ def _treatment_cells(spec: StudySpec, trial: int) -> Iterator[Cell]:
     entry = spec.treatment
     if entry is None:
         return
-    params = {"window": entry.window, "hidden": entry.policy["hidden"]}
-    params["depth"] = entry.policy["depth"]
+    params = {
+        "window": entry.window,
+        "hidden": entry.policy["hidden"],
+        "depth": entry.policy["depth"],
+    }
 
     def training(role: str, policy: dict[str, Any]) -> dict[str, Any]:
         seeds = [derive_seed(spec.seed, role, trial, i) for i in range(entry.demonstrations)]
