@@ -781,7 +781,8 @@ def headline(outcomes: Table, tests: Table) -> list[str]:
         line = f"Insulin dosing: the clean policy's time in range {_interval(clean, 'tir')}"
         if baseline is not None:
             line += f", the basal-bolus controller's {_interval(baseline, 'tir')}"
-        lines.append(line + f" (over {clean['episodes']} episodes).")
+        episodes = int(clean["episodes"])
+        lines.append(line + f" (over {episodes} episode{'' if episodes == 1 else 's'}).")
     attacked = [r for r in policy if r["attack"] is not None and not math.isnan(r["tir_mean"])]
     if clean is None or not attacked:
         return lines
