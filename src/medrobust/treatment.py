@@ -58,8 +58,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from medrobust.attacks.base import check_finite
 from medrobust.errors import ConfigError, InputError, ParameterError
-from medrobust.validation import check_number
 
 PATIENTS: tuple[str, ...] = tuple(
     f"{group}#{i:03d}" for group in ("adolescent", "adult", "child") for i in range(1, 11)
@@ -124,18 +124,8 @@ def check_patient(name: Any) -> str:
     return name
 
 
-def _finite(owner: str, name: str, value: Any, *, minimum: float, integer: bool = False) -> Any:
-    check_number(owner, name, value, minimum=minimum, integer=integer)
-    if not math.isfinite(value):
-        raise ParameterError(
-            f"The '{name}' parameter of {owner} must be a finite number >= {minimum}. "
-            f"Got {value!r} instead."
-        )
-    return value
-
-
 def _positive(owner: str, name: str, value: Any) -> Any:
-    _finite(owner, name, value, minimum=0)
+    check_finite(owner, name, value, minimum=0)
     if value <= 0:
         raise ParameterError(
             f"The '{name}' parameter of {owner} must be > 0. Got {value!r} instead."
@@ -181,8 +171,8 @@ class EpisodeConfig:
     def __post_init__(self) -> None:
         check_patient(self.patient)
         _positive("EpisodeConfig", "hours", self.hours)
-        _finite("EpisodeConfig", "window", self.window, minimum=1, integer=True)
-        _finite("EpisodeConfig", "seed", self.seed, minimum=0, integer=True)
+        check_finite("EpisodeConfig", "window", self.window, minimum=1, integer=True)
+        check_finite("EpisodeConfig", "seed", self.seed, minimum=0, integer=True)
         if self.steps < 1:
             raise ParameterError(
                 "The 'hours' parameter of EpisodeConfig must be at least one 3-minute sample "
@@ -258,9 +248,9 @@ class DosingPolicy(nn.Module):
 
     def __init__(self, window: int = 12, *, hidden: int = 64, depth: int = 2) -> None:
         super().__init__()
-        _finite("DosingPolicy", "window", window, minimum=1, integer=True)
-        _finite("DosingPolicy", "hidden", hidden, minimum=1, integer=True)
-        _finite("DosingPolicy", "depth", depth, minimum=1, integer=True)
+        check_finite("DosingPolicy", "window", window, minimum=1, integer=True)
+        check_finite("DosingPolicy", "hidden", hidden, minimum=1, integer=True)
+        check_finite("DosingPolicy", "depth", depth, minimum=1, integer=True)
         self.window = window
         layers: list[nn.Module] = []
         width = window + (window - 1) + len(CONTEXT)
@@ -305,9 +295,9 @@ class ActionSmoothing:
     masks_gradients = True
 
     def __post_init__(self) -> None:
-        _finite("ActionSmoothing", "sigma", self.sigma, minimum=0)
-        _finite("ActionSmoothing", "samples", self.samples, minimum=1, integer=True)
-        _finite("ActionSmoothing", "seed", self.seed, minimum=0, integer=True)
+        check_finite("ActionSmoothing", "sigma", self.sigma, minimum=0)
+        check_finite("ActionSmoothing", "samples", self.samples, minimum=1, integer=True)
+        check_finite("ActionSmoothing", "seed", self.seed, minimum=0, integer=True)
         if self.reduce not in ("median", "mean"):
             raise ConfigError(
                 "The 'reduce' parameter of ActionSmoothing must be 'median' or 'mean'. "
@@ -329,8 +319,8 @@ class EOTPolicy(nn.Module):
         self, policy: DosingPolicy, smoothing: ActionSmoothing, *, samples: int = 8, seed: int = 0
     ) -> None:
         super().__init__()
-        _finite("EOTPolicy", "samples", samples, minimum=1, integer=True)
-        _finite("EOTPolicy", "seed", seed, minimum=0, integer=True)
+        check_finite("EOTPolicy", "samples", samples, minimum=1, integer=True)
+        check_finite("EOTPolicy", "seed", seed, minimum=0, integer=True)
         self.policy = policy
         self.sigma = float(smoothing.sigma)
         self.samples = samples
@@ -401,12 +391,12 @@ class SensorAttack:
     window_l2: float | None = None
 
     def __post_init__(self) -> None:
-        _finite("SensorAttack", "eps", self.eps, minimum=0)
-        _finite("SensorAttack", "steps", self.steps, minimum=0, integer=True)
+        check_finite("SensorAttack", "eps", self.eps, minimum=0)
+        check_finite("SensorAttack", "steps", self.steps, minimum=0, integer=True)
         if self.step_size is not None:
             _positive("SensorAttack", "step_size", self.step_size)
         if self.window_l2 is not None:
-            _finite("SensorAttack", "window_l2", self.window_l2, minimum=0)
+            check_finite("SensorAttack", "window_l2", self.window_l2, minimum=0)
         if self.direction not in ("overdose", "underdose"):
             raise ConfigError(
                 "The 'direction' parameter of SensorAttack must be 'overdose' or 'underdose'. "
@@ -469,7 +459,7 @@ class SensorBias:
     direction: Literal["overdose", "underdose"] = "overdose"
 
     def __post_init__(self) -> None:
-        _finite("SensorBias", "eps", self.eps, minimum=0)
+        check_finite("SensorBias", "eps", self.eps, minimum=0)
         if self.direction not in ("overdose", "underdose"):
             raise ConfigError(
                 "The 'direction' parameter of SensorBias must be 'overdose' or 'underdose'. "
@@ -743,8 +733,8 @@ def train_policy(
     attack; both directions are used, alternating batches), every batch is half clean and half
     PGD-perturbed windows labelled with the teacher's dose on the clean window (adversarial
     training in the manner of Madry et al. 2018)."""
-    _finite("train_policy", "epochs", epochs, minimum=1, integer=True)
-    _finite("train_policy", "batch_size", batch_size, minimum=1, integer=True)
+    check_finite("train_policy", "epochs", epochs, minimum=1, integer=True)
+    check_finite("train_policy", "batch_size", batch_size, minimum=1, integer=True)
     _positive("train_policy", "lr", lr)
     if demos.windows.shape[0] == 0:
         raise InputError("The demonstrations given to train_policy must be non-empty. Got 0.")
