@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from medrobust.study.plan import Cell, derive_seed, plan_cells
+from medrobust.study.identity import derive_seed
+from medrobust.study.plan import Cell, plan_cells
 from medrobust.study.report import build_tables, write_report
 from medrobust.study.runner import run_group, run_study
 from medrobust.study.spec import StudySpec, load_spec, parse_spec

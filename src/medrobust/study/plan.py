@@ -18,15 +18,14 @@ and the cells of one trial's policy (and of its adversarially trained twin) shar
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from medrobust.data import get_task_spec
 from medrobust.defenses import DEFENSES
+from medrobust.study.identity import content_hash, derive_seed
 from medrobust.study.spec import ModelEntry, StudySpec, attack_modalities_ok
 from medrobust.study.treatment import (
     BASELINE,
@@ -38,16 +37,6 @@ from medrobust.study.treatment import (
     evaluation_name,
 )
 from medrobust.types import TaskKind
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 31-bit seed derived deterministically from ``parts`` (stable across runs and machines)."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def _hash(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -107,7 +96,7 @@ class Cell:
             parts.append(self.treatment.get("trained_with"))
         if self.retrained:
             parts += [self.defense, self.defense_params]
-        return _hash(parts)
+        return content_hash(parts)
 
     def undefended(self) -> Cell:
         """The same cell on the undefended model."""
@@ -148,7 +137,7 @@ class Cell:
             payload.pop("explain")
         if self.treatment is None:
             payload.pop("treatment")
-        return _hash(payload)
+        return content_hash(payload)
 
     @property
     def evaluation(self) -> str:

@@ -45,7 +45,8 @@ from medrobust.metrics import (
 from medrobust.models import TensorSplits, build_model, prepare_inputs
 from medrobust.models.text import decode, protected_token_ids
 from medrobust.study.explanations import ExplainSettings, explain_attack, explain_defense
-from medrobust.study.plan import Cell, derive_seed, plan_cells
+from medrobust.study.identity import derive_seed
+from medrobust.study.plan import Cell, plan_cells
 from medrobust.study.poisoning import check_poisonings_on_data, run_poisoning_cell
 from medrobust.study.spec import EXECUTION_KEYS, StudySpec
 from medrobust.study.store import CellResult, ExampleRow, ResultStore, TextSample

@@ -41,7 +41,6 @@ draws per gradient).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -56,6 +55,7 @@ import torch
 from medrobust.atomic import write_atomically, write_text_atomically
 from medrobust.errors import ConfigError, MedrobustError
 from medrobust.study.checks import check_keys, expect, expect_names
+from medrobust.study.identity import content_hash
 from medrobust.study.store import CellResult
 from medrobust.study.treatment_figures import glucose_trace_figure
 from medrobust.training import load_checkpoint, save_checkpoint
@@ -87,19 +87,19 @@ TREATMENT_TASK = "t1d_dosing"
 """The task name of treatment cells in the store and the report."""
 POLICY, BASELINE = "dosing_policy", "basal_bolus"
 CONTROLLER_LABELS = {POLICY: "policy", BASELINE: "basal-bolus"}
-SENSOR_ATTACKS = ("fgsm", "pgd", "bias")
-ATTACK_PARAMS = {
+ATTACK_PARAMS: dict[str, set[str]] = {  # each sensor attack and the parameters it takes
     "fgsm": {"window_l2"},
     "pgd": {"steps", "step_size", "window_l2"},
     "bias": set(),
 }
+SENSOR_ATTACKS = tuple(ATTACK_PARAMS)
 DIRECTIONS = ("overdose", "underdose")
-TREATMENT_DEFENSES = ("plausibility_filter", "action_smoothing", "adversarial_training")
-DEFENSE_PARAMS = {
+DEFENSE_PARAMS = {  # each defense of the dosing loop and the parameters it takes
     "plausibility_filter": {"max_rate"},
     "action_smoothing": {"sigma", "samples", "reduce"},
     "adversarial_training": {"eps", "steps", "window_l2"},
 }
+TREATMENT_DEFENSES = tuple(DEFENSE_PARAMS)
 POLICY_KEYS = {"hidden", "depth", "epochs", "batch_size", "lr"}
 DEFAULT_POLICY = {"hidden": 64, "depth": 2, "epochs": 60, "batch_size": 256, "lr": 3e-3}
 DEFAULT_EOT = 8
@@ -484,14 +484,10 @@ def defense_attack_modes(
 # Running the cells of one trained policy.
 
 
-def _digest(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _demonstrations(settings: Mapping[str, Any], window: int, folder: Path) -> Demonstrations:
     """The teacher's demonstrations for ``settings`` (patients, seeds, hours), cached in
     ``folder`` so that every policy of a trial (and a resumed run) collects them once."""
-    path = folder / f"demonstrations-{_digest([dict(settings), window])}.pt"
+    path = folder / f"demonstrations-{content_hash([dict(settings), window])}.pt"
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         return Demonstrations(saved["windows"], saved["contexts"], saved["doses"])
@@ -526,7 +522,7 @@ def trained_policy(
         folder: where checkpoints and demonstrations go.
     """
     window = int(params["window"])
-    key = _digest([dict(params), dict(training), init_seed, adversarial])
+    key = content_hash([dict(params), dict(training), init_seed, adversarial])
     checkpoint, sidecar = folder / f"policy-{key}.pt", folder / f"policy-{key}.json"
     policy = DosingPolicy(window, hidden=int(params["hidden"]), depth=int(params["depth"]))
     if checkpoint.exists() and sidecar.exists():
@@ -659,7 +655,7 @@ def _episode(
     crafter: DosingPolicy | EOTPolicy = policy
     if attack.get("transfer"):
         source = t["surrogate"]
-        key = _digest(source)
+        key = content_hash(source)
         if key not in group.surrogates:
             group.surrogates[key] = trained_policy(
                 source["params"], source["training"], source["init_seed"], None, group.folder

@@ -35,10 +35,11 @@ from medrobust.stats import Summary, cohens_dz, holm, summarize
 from medrobust.study.analysis import ALPHA, paired_test_column
 from medrobust.study.figures import FigureImage, _num, _slug, _unique
 from medrobust.study.table import Table, summary_fields
-from medrobust.study.treatment import BASELINE, CONTROLLER_LABELS, attack_name
+from medrobust.study.treatment import BASELINE, CONTROLLER_LABELS, attack_name, cohort
+from medrobust.treatment import PATIENTS
 
 CLEAN = "clean"
-COHORTS = ("adolescent", "adult", "child")
+COHORTS = tuple(dict.fromkeys(cohort(patient) for patient in PATIENTS))
 FEW_PAIRS = "n/a (fewer than 3 pairs)"
 NO_SPREAD = "n/a (all differences equal)"
 UNBOUNDED = (0.0, math.inf)
@@ -171,7 +172,7 @@ def _unit(cell: dict[str, Any]) -> Unit:
 def _cohort(cell: dict[str, Any]) -> str:
     """The patient's cohort (``adult`` for ``adult#001`` when the cell does not say)."""
     treatment = cell["treatment"]
-    return str(treatment.get("cohort") or str(treatment["patient"]).split("#")[0])
+    return str(treatment.get("cohort") or cohort(str(treatment["patient"])))
 
 
 def _number(mapping: dict[str, Any] | None, key: str) -> float:
@@ -342,12 +343,12 @@ def cohort_table(cells: list[dict[str, Any]]) -> Table:
         by_cohort: dict[str, list[dict[str, Any]]] = {}
         for c in runs:
             by_cohort.setdefault(_cohort(c), []).append(c)
-        for cohort in sorted(by_cohort, key=_cohort_order):
-            episodes = by_cohort[cohort]
-            row = [arm.name(), _evaluation_name(evaluation), cohort, str(len(episodes))]
+        for group in sorted(by_cohort, key=_cohort_order):
+            episodes = by_cohort[group]
+            row = [arm.name(), _evaluation_name(evaluation), group, str(len(episodes))]
             record: dict[str, Any] = {
                 **_record_fields(arm, evaluation),
-                "cohort": cohort,
+                "cohort": group,
                 "episodes": len(episodes),
             }
             for column in COHORT_COLUMNS:
